@@ -1,0 +1,432 @@
+"""Typed configuration: one frozen dataclass tree per job.
+
+A job file builds a `JobConfig` in a function, variants come from `dataclasses.replace` or from
+`--set section.field=value` overrides, and the tree crosses the Ray boundary as a plain dict
+(`to_dict` / `from_dict`). Every field is validated in `__post_init__`; errors name the field and
+the allowed values.
+
+Example:
+    cfg = apply_overrides(JobConfig(), ["optim.lr=1e-5", "resizer.num_filters=32"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+ResizerKind = Literal[
+    "learned", "bilinear", "bicubic", "area", "nearest", "bilinear_aa", "bicubic_aa"
+]
+Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
+Precision = Literal["bf16", "fp16", "fp32"]
+Task = Literal["classification", "quality"]
+
+RESIZER_KINDS: tuple[str, ...] = get_args(ResizerKind)
+FIXED_RESIZER_KINDS: tuple[str, ...] = tuple(k for k in RESIZER_KINDS if k != "learned")
+
+
+def _check_literal(section: str, name: str, value: Any, options: tuple) -> None:
+    if value not in options:
+        raise ValueError(f"{section}.{name}={value!r} is not allowed; choose one of {list(options)}")
+
+
+def _check_positive(section: str, name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{section}.{name}={value!r} must be {bound}")
+
+
+def _check_literals(obj: Any, section: str) -> None:
+    """Checks every `Literal[...]` field of a config dataclass against its options."""
+    for f in dataclasses.fields(obj):
+        hint = typing.get_type_hints(type(obj))[f.name]
+        if get_origin(hint) is Literal:
+            _check_literal(section, f.name, getattr(obj, f.name), get_args(hint))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResizerConfig:
+    """The resizer in front of the backbone (BRIEF.md, Talebi & Milanfar 2021).
+
+    Attributes:
+        kind: "learned" for the paper's CNN; any other value is a fixed resizer (the baseline).
+            `*_aa` variants resize with antialiasing.
+        num_filters: n, channels of the resizer's feature maps (paper: 16 or 32).
+        num_res_blocks: r, residual blocks, chained (paper: 1 to 4).
+        negative_slope: LeakyReLU slope.
+        interpolation: resampling used inside the learned resizer (and its image skip).
+        antialias: antialias the learned resizer's internal resampling (the paper: no).
+        zero_init_last: zero-initialise the last 7x7 conv so training starts from the plain resize.
+    """
+
+    kind: ResizerKind = "learned"
+    num_filters: int = 16
+    num_res_blocks: int = 1
+    negative_slope: float = 0.2
+    interpolation: Interpolation = "bilinear"
+    antialias: bool = False
+    zero_init_last: bool = True
+
+    def __post_init__(self) -> None:
+        _check_literals(self, "resizer")
+        _check_positive("resizer", "num_filters", self.num_filters)
+        _check_positive("resizer", "num_res_blocks", self.num_res_blocks, allow_zero=True)
+        _check_positive("resizer", "negative_slope", self.negative_slope, allow_zero=True)
+        if self.antialias and self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(
+                f"resizer.antialias=True needs resizer.interpolation in ['bilinear', 'bicubic'], "
+                f"got {self.interpolation!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The timm backbone behind the resizer.
+
+    Attributes:
+        backbone: any timm classifier name; Swin-L at 384 by default.
+        pretrained: load timm's pretrained weights (from the hub or its cache).
+        checkpoint_path: a local weights file (timm/torch state dict) used instead of the hub.
+        img_size: backbone input side; None takes it from the backbone's own data config.
+        backbone_kwargs: extra keyword arguments for `timm.create_model` (for example a
+            scaled-down Swin: `{"embed_dim": 32, "depths": [1, 1], ...}`).
+        drop_path_rate: stochastic depth of the backbone.
+        grad_checkpointing: recompute backbone activations in backward to save memory.
+        channels_last: run convolutions in channels-last memory format.
+    """
+
+    backbone: str = "swin_large_patch4_window12_384"
+    pretrained: bool = True
+    checkpoint_path: str | None = None
+    img_size: int | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.backbone:
+            raise ValueError("model.backbone is empty; give a timm model name, e.g. 'resnet50'")
+        if self.img_size is not None:
+            _check_positive("model", "img_size", self.img_size)
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"model.drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Shards written by `python -m data_prep` and the CPU-side transforms.
+
+    Attributes:
+        path: folder or URI (s3://, gs://) holding `manifest.json` and `<split>-NNNNNN.tar`.
+        train_split: split trained on.
+        eval_split: split evaluated on, every sample exactly once.
+        resize_size: train and eval images are first resized to this square side (aspect not
+            kept, as in the reference recipe); None feeds crops at the image's own scale.
+        crop_size: random (train) or centre (eval) crop side: the resizer's input.
+        hflip: random horizontal flip in training.
+        batch_size: micro-batch per worker.
+        shuffle_buffer: rows in each worker's local shuffle buffer (files are shuffled too).
+        strict: stop on the first undecodable sample instead of skipping and counting it.
+        num_cpus_per_read: CPUs Ray Data reserves for each read / decode task.
+    """
+
+    path: str = ""
+    train_split: str = "train"
+    eval_split: str = "test"
+    resize_size: int | None = 1020
+    crop_size: int = 768
+    hflip: bool = True
+    batch_size: int = 8
+    shuffle_buffer: int = 256
+    strict: bool = False
+    num_cpus_per_read: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_positive("data", "crop_size", self.crop_size)
+        _check_positive("data", "batch_size", self.batch_size)
+        _check_positive("data", "shuffle_buffer", self.shuffle_buffer, allow_zero=True)
+        _check_positive("data", "num_cpus_per_read", self.num_cpus_per_read)
+        if self.resize_size is not None and self.resize_size < self.crop_size:
+            raise ValueError(
+                f"data.resize_size={self.resize_size} is smaller than data.crop_size="
+                f"{self.crop_size}; set resize_size >= crop_size or None"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with a linear warm-up then cosine schedule (durations in epochs, converted to steps
+    in one place: `pipeline.train.schedule_steps`).
+
+    Attributes:
+        lr: base learning rate (backbone).
+        resizer_lr: the resizer's own learning rate; None uses `lr`.
+        weight_decay: AdamW decay, not applied to norms, biases and position tables.
+        betas: Adam betas.
+        eps: Adam epsilon.
+        grad_clip: global gradient norm clip; 0 disables it.
+        grad_accum: micro-batches accumulated per optimizer step.
+        epochs: training epochs.
+        warmup_epochs: linear warm-up length.
+        warmup_start_factor: warm-up starts at this fraction of the learning rate.
+        min_lr_factor: cosine ends at this fraction of the learning rate.
+    """
+
+    lr: float = 5e-6
+    resizer_lr: float | None = None
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 5.0
+    grad_accum: int = 1
+    epochs: int = 100
+    warmup_epochs: float = 5.0
+    warmup_start_factor: float = 0.01
+    min_lr_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_positive("optim", "lr", self.lr)
+        if self.resizer_lr is not None:
+            _check_positive("optim", "resizer_lr", self.resizer_lr)
+        _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("optim", "grad_clip", self.grad_clip, allow_zero=True)
+        _check_positive("optim", "grad_accum", self.grad_accum)
+        _check_positive("optim", "epochs", self.epochs)
+        _check_positive("optim", "warmup_epochs", self.warmup_epochs, allow_zero=True)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas={self.betas} must be two numbers in [0, 1)")
+        if not 0.0 < self.warmup_start_factor <= 1.0:
+            raise ValueError(f"optim.warmup_start_factor={self.warmup_start_factor} must be in (0, 1]")
+        if not 0.0 <= self.min_lr_factor <= 1.0:
+            raise ValueError(f"optim.min_lr_factor={self.min_lr_factor} must be in [0, 1]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeepSpeedConfig:
+    """DeepSpeed engine options; the JSON config is derived by `pipeline.train.deepspeed_config`.
+
+    Attributes:
+        zero_stage: ZeRO stage 0 (plain data parallel) to 3.
+        precision: "bf16", "fp16" (dynamic loss scale) or "fp32". On CPU only fp32 and bf16 run.
+        offload_optimizer: keep optimizer states on the CPU (ZeRO 1-3).
+        initial_scale_power: fp16 dynamic loss scale starts at 2**this.
+    """
+
+    zero_stage: int = 2
+    precision: Precision = "bf16"
+    offload_optimizer: bool = False
+    initial_scale_power: int = 16
+
+    def __post_init__(self) -> None:
+        _check_literals(self, "deepspeed")
+        _check_literal("deepspeed", "zero_stage", self.zero_stage, (0, 1, 2, 3))
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer=True needs deepspeed.zero_stage in [1, 2, 3]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Where and how a run executes.
+
+    Attributes:
+        name: run name; rerunning with the same name and storage resumes.
+        storage: folder or URI for checkpoints, TensorBoard logs and reports.
+        num_workers: Ray Train workers (one per GPU).
+        use_gpu: None picks GPUs when the cluster has them.
+        cpus_per_worker: CPUs reserved per Train worker.
+        seed: seed for model init, augmentation and shuffling.
+        checkpoint_every: save a checkpoint every this many epochs (the last epoch always).
+        max_failures: worker-group restarts from the latest checkpoint before giving up.
+        log_every: print a training line every this many steps (0: per epoch only).
+    """
+
+    name: str = "run"
+    storage: str = "outputs"
+    num_workers: int = 1
+    use_gpu: bool | None = None
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 1
+    max_failures: int = 3
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"run.name={self.name!r} must be a non-empty name without '/'")
+        _check_positive("run", "num_workers", self.num_workers)
+        _check_positive("run", "cpus_per_worker", self.cpus_per_worker, allow_zero=True)
+        _check_positive("run", "checkpoint_every", self.checkpoint_every)
+        _check_positive("run", "max_failures", self.max_failures, allow_zero=True)
+        _check_positive("run", "log_every", self.log_every, allow_zero=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    """One training job: the whole tree that crosses the Ray boundary as `to_dict(cfg)`.
+
+    Attributes:
+        task: "classification" (top-1/top-5) or "quality" (AVA score distribution).
+        resizer: the resizer.
+        model: the backbone.
+        data: shards and transforms.
+        optim: optimizer and schedule.
+        deepspeed: DeepSpeed engine options.
+        run: naming, storage, scaling.
+    """
+
+    task: Task = "classification"
+    resizer: ResizerConfig = field(default_factory=ResizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check_literals(self, "job")
+
+
+# ---------------------------------------------------------------- plain-dict round trip
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain, JSON-serialisable data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+C = TypeVar("C")
+
+
+def from_dict(cls: type[C], data: dict[str, Any], *, where: str = "") -> C:
+    """Rebuilds a config dataclass from `to_dict` output; unknown keys raise `ValueError`."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(
+            f"unknown config field(s) {[prefix + k for k in unknown]}; "
+            f"{where or cls.__name__} has {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    """Converts plain data (or a command-line string) to the field's declared type."""
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} must be a mapping of fields, got {value!r}")
+        return from_dict(hint, value, where=path)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in options:
+                return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, path)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(f"{path}={value!r} does not fit {hint}: {'; '.join(errors)}")
+    if origin is Literal:
+        options = get_args(hint)
+        for option in options:
+            if value == option or (isinstance(value, str) and str(option) == value):
+                return option
+        raise ValueError(f"{path}={value!r} is not allowed; choose one of {list(options)}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ValueError(f"{path}={value!r} must be true or false")
+    if hint in (int, float, str):
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError(f"{path}={value!r} must be a string")
+            return value
+        if isinstance(value, bool):
+            raise ValueError(f"{path}={value!r} must be a number, not a boolean")
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}={value!r} must be {'an integer' if hint is int else 'a number'}") from None
+        if hint is int and isinstance(value, float) and value != number:
+            raise ValueError(f"{path}={value!r} must be an integer")
+        return number
+    if origin is tuple:
+        items = _parse_json(value, path) if isinstance(value, str) else value
+        args = get_args(hint)
+        if not isinstance(items, (list, tuple)) or len(items) != len(args):
+            raise ValueError(f"{path}={value!r} must be a list of {len(args)} values")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, items)))
+    if origin is dict:
+        items = _parse_json(value, path) if isinstance(value, str) else value
+        if not isinstance(items, dict):
+            raise ValueError(f"{path}={value!r} must be a JSON object, e.g. '{{\"embed_dim\": 32}}'")
+        return dict(items)
+    raise TypeError(f"{path}: unsupported config type {hint}")
+
+
+def _parse_json(text: str, path: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}={text!r} is not valid JSON ({err.msg})") from None
+
+
+# ---------------------------------------------------------------- command-line overrides
+
+def apply_overrides(cfg: JobConfig, overrides: list[str]) -> JobConfig:
+    """Applies `section.field=value` overrides, each typed by the dataclass field.
+
+    Args:
+        cfg: the job's config.
+        overrides: strings such as "optim.lr=1e-5", "resizer.num_filters=32",
+            "model.backbone_kwargs={\"embed_dim\": 32}", "optim.resizer_lr=none".
+
+    Returns:
+        A new, validated config.
+
+    Raises:
+        ValueError: on a malformed override, an unknown section or field, or a bad value.
+    """
+    data = to_dict(cfg)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} must look like section.field=value, e.g. optim.lr=1e-5")
+        parts = key.strip().split(".")
+        node, cls, where = data, JobConfig, ""
+        for depth, part in enumerate(parts):
+            names = {f.name: f for f in dataclasses.fields(cls)}
+            if part not in names:
+                raise ValueError(
+                    f"unknown config field {key.strip()!r} in override {item!r}; "
+                    f"{where or 'the job'} has {sorted(names)}"
+                )
+            hint = typing.get_type_hints(cls)[part]
+            where = f"{where}.{part}" if where else part
+            if depth == len(parts) - 1:
+                if dataclasses.is_dataclass(hint):
+                    raise ValueError(f"override {item!r} names a section; set one of its fields, e.g. {where}.<field>=...")
+                node[part] = _coerce(hint, raw.strip(), where)
+            else:
+                if not dataclasses.is_dataclass(hint):
+                    raise ValueError(f"override {item!r}: {where} is a field, not a section")
+                node, cls = node[part], hint
+    return from_dict(JobConfig, data)

@@ -1,0 +1,185 @@
+"""Resizer + timm backbone.
+
+The model takes uint8 pixels as they come off the data path, normalizes them on its own device with
+the backbone's mean/std, resizes (learned or fixed) to the backbone's input size and classifies.
+The resizer therefore sees normalized pixels, as in the reference recipe.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig, OptimConfig, ResizerConfig
+from pipeline.resizer import build_resizer
+
+
+class ResizerModel(nn.Module):
+    """Normalize → resizer → backbone.
+
+    Args:
+        resizer: module mapping (B, 3, Hin, Win) to (B, 3, S, S).
+        backbone: a timm model taking (B, 3, S, S).
+        mean: per-channel mean of the backbone, in [0, 1] units.
+        std: per-channel std of the backbone, in [0, 1] units.
+        input_size: the backbone's input side S.
+        channels_last: run in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        resizer: nn.Module,
+        backbone: nn.Module,
+        *,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        input_size: int,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.resizer = resizer
+        self.backbone = backbone
+        self.input_size = input_size
+        self.channels_last = channels_last
+        # Stored in 0-255 units so normalizing uint8 pixels is one fused multiply-add.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) → normalized float in the model's parameter dtype."""
+        x = (pixels.float() - self.mean.float()) / self.std.float()
+        x = x.to(next(self.backbone.parameters()).dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def resize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) → the resizer's normalized output (B, 3, S, S)."""
+        return self.resizer(self.normalize(pixels))
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized (B, 3, H, W) → float pixels in [0, 255] (for looking at resizer outputs)."""
+        return (x.float() * self.std.float() + self.mean.float()).clamp(0, 255)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, Hin, Win) → logits (B, num_outputs)."""
+        return self.backbone(self.resize(pixels))
+
+
+def create_backbone(cfg: ModelConfig, num_outputs: int) -> nn.Module:
+    """`timm.create_model` with pretrained weights from the hub or a local file.
+
+    Raises:
+        FileNotFoundError: `checkpoint_path` does not exist.
+        RuntimeError: pretrained weights were asked for and could not be loaded.
+    """
+    kwargs: dict[str, Any] = dict(cfg.backbone_kwargs)
+    kwargs["num_classes"] = num_outputs
+    if cfg.drop_path_rate:
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    if cfg.img_size is not None:
+        kwargs["img_size"] = cfg.img_size
+    pretrained = cfg.pretrained or cfg.checkpoint_path is not None
+    overlay = None
+    if cfg.checkpoint_path is not None:
+        if not os.path.isfile(cfg.checkpoint_path):
+            raise FileNotFoundError(
+                f"model.checkpoint_path={cfg.checkpoint_path!r} does not exist; give a timm/torch "
+                f"state-dict file for {cfg.backbone!r} or set model.checkpoint_path=none"
+            )
+        # timm's own loader handles a head of another size and position tables of another size.
+        overlay = {"file": os.path.abspath(cfg.checkpoint_path)}
+    try:
+        try:
+            return timm.create_model(cfg.backbone, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+        except TypeError as err:
+            if "img_size" not in kwargs or "img_size" not in str(err):
+                raise
+            # Convolutional backbones take any input size and have no img_size argument.
+            kwargs.pop("img_size")
+            return timm.create_model(cfg.backbone, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"model.backbone={cfg.backbone!r} is not a timm model ({err})") from err
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"could not load pretrained weights for {cfg.backbone!r} ({type(err).__name__}: {err}). "
+            "Give a local weights file with model.checkpoint_path=/path/to/weights.pth(.safetensors), "
+            "or train from scratch with model.pretrained=false"
+        ) from err
+    except OSError as err:  # hub unreachable, cache missing
+        raise RuntimeError(
+            f"could not download pretrained weights for {cfg.backbone!r} ({type(err).__name__}: {err}). "
+            "Give a local weights file with model.checkpoint_path=/path/to/weights.pth(.safetensors), "
+            "or train from scratch with model.pretrained=false"
+        ) from err
+
+
+def backbone_input_size(backbone: nn.Module, cfg: ModelConfig) -> int:
+    """The backbone's square input side: config first, then the backbone's own data config."""
+    if cfg.img_size is not None:
+        return cfg.img_size
+    data_cfg = timm.data.resolve_model_data_config(backbone)
+    height, width = data_cfg["input_size"][1:]
+    if height != width:
+        raise ValueError(f"backbone {cfg.backbone!r} wants a non-square input {height}x{width}; set model.img_size")
+    return int(height)
+
+
+def build_model(model_cfg: ModelConfig, resizer_cfg: ResizerConfig, num_outputs: int) -> ResizerModel:
+    """Builds resizer + backbone for `num_outputs` classes (or score bins).
+
+    Args:
+        model_cfg: backbone options.
+        resizer_cfg: resizer options; its output size is the backbone's input size.
+        num_outputs: size of the head.
+    """
+    backbone = create_backbone(model_cfg, num_outputs)
+    data_cfg = timm.data.resolve_model_data_config(backbone)
+    size = backbone_input_size(backbone, model_cfg)
+    if model_cfg.grad_checkpointing:
+        backbone.set_grad_checkpointing(True)
+    model = ResizerModel(
+        build_resizer(resizer_cfg, (size, size)),
+        backbone,
+        mean=tuple(data_cfg["mean"]),
+        std=tuple(data_cfg["std"]),
+        input_size=size,
+        channels_last=model_cfg.channels_last,
+    )
+    if model_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _no_weight_decay_names(model: ResizerModel) -> set[str]:
+    names: set[str] = set()
+    if hasattr(model.backbone, "no_weight_decay"):
+        names |= {f"backbone.{n}" for n in model.backbone.no_weight_decay()}
+    return names
+
+
+def param_groups(model: ResizerModel, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups: backbone and resizer, each split into decay / no decay.
+
+    Norm weights, biases (every 1-d parameter) and position tables named by the backbone's
+    `no_weight_decay()` get no weight decay; the resizer gets `resizer_lr` when set.
+    """
+    skip = _no_weight_decay_names(model)
+    groups: dict[str, dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        part = "resizer" if name.startswith("resizer.") else "backbone"
+        no_decay = param.ndim <= 1 or name in skip or name.endswith(("pos_embed", "relative_position_bias_table"))
+        key = f"{part}_{'no_decay' if no_decay else 'decay'}"
+        if key not in groups:
+            lr = cfg.resizer_lr if part == "resizer" and cfg.resizer_lr is not None else cfg.lr
+            groups[key] = {"name": key, "params": [], "lr": lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+        groups[key]["params"].append(param)
+    return [groups[k] for k in sorted(groups)]
