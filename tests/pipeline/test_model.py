@@ -93,3 +93,19 @@ def test_swin_large_with_resizer_runs_at_768_to_384():
     with torch.inference_mode():
         logits = model(torch.randint(0, 256, (1, 3, 768, 768), dtype=torch.uint8))
     assert logits.shape == (1, 200) and torch.isfinite(logits).all()
+
+
+def test_unreachable_pretrained_weights_say_what_to_do():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from pipeline.model import create_backbone; from pipeline.config import ModelConfig\n"
+        "create_backbone(ModelConfig(backbone='resnet18', pretrained=True), 3)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no hub, no cache: as on an air-gapped node
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    assert "could not download pretrained weights for 'resnet18'" in result.stderr
+    assert "model.checkpoint_path=" in result.stderr and "model.pretrained=false" in result.stderr

@@ -1,0 +1,136 @@
+"""Checkpoints: DeepSpeed shards for resuming, plus one consolidated weights file for using.
+
+A checkpoint directory (one per saved epoch, kept by Ray Train under `<storage>/<name>/`) holds:
+
+    ds/                      DeepSpeed engine state: every rank writes its own ZeRO shard
+    latest                   DeepSpeed's pointer to `ds`
+    model.pt                 rank 0: {"config", "num_outputs", "class_names", "epoch", "step", "state_dict"}
+                             full-precision weights of resizer + backbone, loadable without DeepSpeed
+
+Run files beside the checkpoints: `tensorboard/`, `history.jsonl` (one line of metrics per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+
+DEEPSPEED_TAG = "ds"
+WEIGHTS_FILE = "model.pt"
+HISTORY_FILE = "history.jsonl"
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def run_dir(storage: str, name: str) -> str:
+    """`<storage>/<name>`: an absolute local path, or a URI."""
+    if is_uri(storage):
+        return posixpath.join(storage.rstrip("/"), name)
+    return os.path.join(os.path.abspath(storage.removeprefix("file://")), name)
+
+
+def save_checkpoint(engine: Any, directory: str, *, client_state: dict[str, Any], weights_meta: dict[str, Any]) -> None:
+    """Saves the engine on every rank (each its own ZeRO shard) and the consolidated weights on rank 0.
+
+    Must be called on every rank: ZeRO-3 gathers the weights collectively.
+    """
+    engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state=client_state)
+    if engine.zero_optimization_stage() == 3:
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
+    else:
+        state_dict = engine.module.state_dict()
+    if engine.global_rank == 0:
+        weights = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in state_dict.items()}
+        torch.save({**weights_meta, **client_state, "state_dict": weights}, os.path.join(directory, WEIGHTS_FILE))
+
+
+def load_checkpoint(engine: Any, directory: str) -> dict[str, Any]:
+    """Loads every rank's shard into the engine; returns the client state saved with it.
+
+    Raises:
+        ValueError: the checkpoint was written by a different number of workers.
+    """
+    _, client_state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
+    if client_state is None:
+        raise ValueError(f"{directory}: DeepSpeed found no checkpoint under tag {DEEPSPEED_TAG!r}")
+    return client_state
+
+
+def saved_world_size(directory: str) -> int | None:
+    """World size recorded in a checkpoint's consolidated weights file (read without DeepSpeed)."""
+    meta_path = os.path.join(directory, "meta.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            return int(json.load(f)["world_size"])
+    return None
+
+
+def write_meta(directory: str, meta: dict[str, Any]) -> None:
+    with open(os.path.join(directory, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def load_weights(path: str) -> dict[str, Any]:
+    """Reads `model.pt` from a checkpoint directory (or the file itself)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}; give a checkpoint folder written by a training run")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def append_history(directory: str, record: dict[str, Any]) -> None:
+    """Appends one epoch's metrics to `<run dir>/history.jsonl` (local or URI)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(directory)
+    fs.makedirs(path, exist_ok=True)
+    target = posixpath.join(path, HISTORY_FILE)
+    previous = fs.cat_file(target).decode() if fs.exists(target) else ""
+    with fs.open(target, "w") as f:  # rewrite: object stores have no append
+        f.write(previous + json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_history(directory: str) -> list[dict[str, Any]]:
+    """The per-epoch metrics of a run; the last record of an epoch wins (a rerun after a resume)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(directory)
+    target = posixpath.join(path, HISTORY_FILE)
+    if not fs.exists(target):
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in fs.cat_file(target).decode().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+class LocalMirror:
+    """A local folder mirrored to `<run dir>/<name>`: TensorBoard writes locally, uploads per epoch."""
+
+    def __init__(self, run_directory: str, name: str) -> None:
+        self.target = posixpath.join(run_directory, name) if is_uri(run_directory) else os.path.join(run_directory, name)
+        self.local = tempfile.mkdtemp(prefix=f"{name}-") if is_uri(run_directory) else self.target
+        os.makedirs(self.local, exist_ok=True)
+
+    def sync(self) -> None:
+        if self.local != self.target:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(self.target)
+            fs.put(self.local.rstrip("/") + "/", path, recursive=True)
+
+    def close(self) -> None:
+        self.sync()
+        if self.local != self.target:
+            shutil.rmtree(self.local, ignore_errors=True)

@@ -1,0 +1,312 @@
+"""Ray Data path: data_prep shards → decode + augment on CPU workers → uint8 batches for Train.
+
+Rows never fail a read task. A sample whose image does not decode, and the unread tail of a
+truncated tar, become rows with `valid=False` and an `error`; the Train worker drops them from its
+batch and counts them, so every skipped sample is reported with the epoch's metrics by key.
+
+Transforms are pure functions over numpy batches (`decode_batch`), tested directly and through
+a tiny Ray dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from ray.data.datasource import FileBasedDatasource, FileShuffleConfig
+
+from pipeline.config import DataConfig
+
+NUM_SCORE_BINS = 10
+MANIFEST = "manifest.json"
+
+
+class DataError(ValueError):
+    """A shard set that cannot be trained on: says which path and what to do."""
+
+
+# ---------------------------------------------------------------- manifest and shard lists
+
+def _fs_and_path(uri: str) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(uri)
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """Reads `<path>/manifest.json` written by `python -m data_prep`.
+
+    Raises:
+        DataError: no such folder or manifest, or an unreadable manifest.
+    """
+    if not path:
+        raise DataError("data.path is empty; point it at a folder of shards made by `python -m data_prep`")
+    fs, root = _fs_and_path(path)
+    manifest_path = posixpath.join(root.rstrip("/"), MANIFEST)
+    if not fs.exists(manifest_path):
+        hint = "it does not exist" if not fs.exists(root) else "it holds no manifest.json"
+        raise DataError(
+            f"data.path={path!r}: {hint}. Make shards first, e.g. "
+            f"`python -m data_prep cub --src CUB_200_2011 --out {path}`"
+        )
+    try:
+        with fs.open(manifest_path, "rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{manifest_path}: not valid JSON ({err}); rerun data_prep to rewrite it") from err
+
+
+def shard_urls(path: str, manifest: dict[str, Any], split: str) -> list[str]:
+    """Full URLs of a split's shards, in manifest order.
+
+    Raises:
+        DataError: the split is not in the manifest or has no shards.
+    """
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise DataError(f"data.path={path!r} has no split {split!r}; its manifest lists {sorted(splits)}")
+    shards = splits[split].get("shards", [])
+    if not shards:
+        raise DataError(f"data.path={path!r}: split {split!r} has no shards; rerun data_prep")
+    return [posixpath.join(path.rstrip("/"), s["name"]) for s in shards]
+
+
+def split_size(manifest: dict[str, Any], split: str) -> int:
+    """Number of samples data_prep wrote for a split."""
+    return int(manifest["splits"][split]["num_samples"])
+
+
+# ---------------------------------------------------------------- reading tars
+
+def iter_tar_samples(stream: Any, shard: str) -> Iterator[dict[str, Any]]:
+    """Groups a WebDataset tar stream into samples; a truncated or corrupt tar ends in one error row.
+
+    Yields:
+        Rows with key, jpg (bytes), label (int, -1 when absent), meta (JSON text), shard, error.
+    """
+    current: dict[str, Any] | None = None
+    count = 0
+
+    def row(sample: dict[str, Any]) -> dict[str, Any]:
+        label = sample.get("cls")
+        return {
+            "key": sample["key"],
+            "jpg": sample.get("jpg", b""),
+            "label": int(label) if label not in (None, b"") else -1,
+            "meta": sample.get("json", b"{}").decode("utf-8", "replace"),
+            "shard": shard,
+            "error": "" if "jpg" in sample else "sample has no jpg member",
+        }
+
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = posixpath.basename(member.name)
+                key, _, ext = base.partition(".")
+                data = tar.extractfile(member).read()
+                if current is not None and current["key"] != key:
+                    yield row(current)
+                    count += 1
+                    current = None
+                if current is None:
+                    current = {"key": key}
+                current[ext] = data
+        if current is not None:
+            yield row(current)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        # The partial sample in flight (if any) is reported as lost together with the tail.
+        lost = current["key"] if current else "<none>"
+        yield {
+            "key": f"{posixpath.basename(shard)}@{count}",
+            "jpg": b"",
+            "label": -1,
+            "meta": "{}",
+            "shard": shard,
+            "error": f"truncated or corrupt tar after {count} samples (at {lost}): {type(err).__name__}: {err}",
+        }
+
+
+class ShardDatasource(FileBasedDatasource):
+    """data_prep tars, one read task per tar; bad content becomes error rows, never an exception."""
+
+    _FILE_EXTENSIONS = ["tar"]
+
+    def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+        rows: list[dict[str, Any]] = []
+        for sample in iter_tar_samples(f, path):
+            rows.append(sample)
+            if len(rows) == 64:
+                yield pa.Table.from_pylist(rows)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows)
+
+
+# ---------------------------------------------------------------- transforms (pure)
+
+def _decode(jpg: bytes) -> Any:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(jpg))
+    image.load()  # raises on truncated data: never decode a half image silently
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def transform_image(
+    image: Any,
+    *,
+    resize_size: int | None,
+    crop_size: int,
+    train: bool,
+    hflip: bool,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Resize (square, aspect not kept) → random or centre crop → optional flip.
+
+    Args:
+        image: a decoded RGB PIL image.
+        resize_size: square side to resize to first; None keeps the image's own scale (an image
+            smaller than the crop is scaled up just enough).
+        crop_size: output side.
+        train: random crop and flip; else centre crop.
+        hflip: flip with probability 0.5 in training.
+        rng: randomness for crop and flip.
+
+    Returns:
+        uint8 array (3, crop_size, crop_size).
+    """
+    from PIL import Image
+
+    if resize_size is not None:
+        image = image.resize((resize_size, resize_size), Image.BILINEAR)
+    elif min(image.size) < crop_size:
+        scale = crop_size / min(image.size)
+        size = (max(crop_size, round(image.width * scale)), max(crop_size, round(image.height * scale)))
+        image = image.resize(size, Image.BILINEAR)
+    pixels = np.asarray(image)  # (H, W, 3)
+    height, width = pixels.shape[:2]
+    if train:
+        top = int(rng.integers(0, height - crop_size + 1))
+        left = int(rng.integers(0, width - crop_size + 1))
+    else:
+        top, left = (height - crop_size) // 2, (width - crop_size) // 2
+    crop = pixels[top : top + crop_size, left : left + crop_size]
+    if train and hflip and rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return np.ascontiguousarray(crop.transpose(2, 0, 1))
+
+
+def score_distribution(meta: str) -> np.ndarray:
+    """The normalized 10-bin vote histogram of an AVA sample's metadata (zeros when absent)."""
+    votes = json.loads(meta).get("votes") if meta else None
+    out = np.zeros(NUM_SCORE_BINS, np.float32)
+    if votes and len(votes) == NUM_SCORE_BINS and sum(votes) > 0:
+        out[:] = np.asarray(votes, np.float32) / float(sum(votes))
+    return out
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    resize_size: int | None,
+    crop_size: int,
+    train: bool,
+    hflip: bool = True,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Decodes and augments a batch of shard rows; never raises on bad images.
+
+    Args:
+        batch: columns key, jpg, label, meta, error (as read from the shards).
+        resize_size: see `transform_image`.
+        crop_size: see `transform_image`.
+        train: training (random) or evaluation (centre) transform.
+        hflip: random horizontal flip in training.
+        seed: fixes the augmentation (tests); None draws fresh randomness.
+
+    Returns:
+        pixels uint8 (B, 3, crop, crop), label int64 (B,), scores float32 (B, 10),
+        key (B,), valid bool (B,), error (B,): invalid rows carry zero pixels and the reason.
+    """
+    rng = np.random.default_rng(seed)
+    num_rows = len(batch["key"])
+    pixels = np.zeros((num_rows, 3, crop_size, crop_size), np.uint8)
+    valid = np.zeros(num_rows, bool)
+    errors = np.asarray(batch["error"], dtype=object).copy()
+    scores = np.zeros((num_rows, NUM_SCORE_BINS), np.float32)
+    for i in range(num_rows):
+        if errors[i]:
+            continue
+        try:
+            image = _decode(batch["jpg"][i])
+            pixels[i] = transform_image(
+                image, resize_size=resize_size, crop_size=crop_size, train=train, hflip=hflip, rng=rng
+            )
+            scores[i] = score_distribution(batch["meta"][i])
+            valid[i] = True
+        except Exception as err:  # noqa: BLE001 - any undecodable image is skipped and counted
+            errors[i] = f"undecodable image: {type(err).__name__}: {err}"
+    return {
+        "pixels": pixels,
+        "label": np.asarray(batch["label"], np.int64),
+        "scores": scores,
+        "key": np.asarray(batch["key"], dtype=object),
+        "valid": valid,
+        "error": errors.astype(str),
+    }
+
+
+# ---------------------------------------------------------------- datasets
+
+def build_dataset(cfg: DataConfig, urls: list[str], *, train: bool, seed: int) -> Any:
+    """A Ray dataset of decoded, augmented uint8 batches.
+
+    Args:
+        cfg: data options.
+        urls: shard URLs (local paths or s3://, gs://).
+        train: shuffle files every epoch and augment; else a fixed order and centre crops.
+        seed: seeds the per-epoch file order.
+    """
+    import ray
+
+    # Files are reshuffled every epoch (every execution of the dataset), reproducibly from the seed.
+    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if train else None
+    datasource = ShardDatasource(urls, shuffle=shuffle)
+    ds = ray.data.read_datasource(datasource, num_cpus=cfg.num_cpus_per_read, override_num_blocks=len(urls))
+    return ds.map_batches(
+        decode_batch,
+        fn_kwargs=dict(resize_size=cfg.resize_size, crop_size=cfg.crop_size, train=train, hflip=cfg.hflip),
+        batch_size=16,
+        batch_format="numpy",
+        num_cpus=cfg.num_cpus_per_read,
+    )
+
+
+def exact_eval_data_config(train_name: str = "train") -> Any:
+    """Ray Train data config: split `train_name` equally (lockstep steps), every other dataset
+    unequally, so evaluation sees each sample exactly once across workers."""
+    from ray.train import DataConfig as RayDataConfig
+
+    class ExactEvalDataConfig(RayDataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            output = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                if ds.name is None:
+                    ds.set_name(name)
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                # equal=True may drop rows; only the training split needs equal step counts.
+                splits = ds.streaming_split(world_size, equal=(name == train_name), locality_hints=worker_node_ids)
+                for rank, split in enumerate(splits):
+                    output[rank][name] = split
+            return output
+
+    return ExactEvalDataConfig()

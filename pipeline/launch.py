@@ -1,0 +1,169 @@
+"""Builds and runs the TorchTrainer: scaling, storage, failure handling, checkpoint retention.
+
+Everything that can be checked on the driver is checked before any cluster resource is asked
+for: the shards and their manifest, the class count, the worker count against the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.checkpoint import is_uri, read_history, run_dir
+from pipeline.config import JobConfig, to_dict
+from pipeline.data import build_dataset, exact_eval_data_config, read_manifest, shard_urls, split_size
+from pipeline.tasks import get_task
+from pipeline.train import steps_per_epoch, train_loop_per_worker
+
+
+@dataclass
+class RunPlan:
+    """What the driver worked out before launching."""
+
+    manifest: dict[str, Any]
+    num_outputs: int
+    train_urls: list[str]
+    eval_urls: list[str]
+    num_train_samples: int
+    num_eval_samples: int
+    use_gpu: bool
+
+
+@dataclass
+class RunResult:
+    """A finished run: Ray's result, the per-epoch history, and where the files are."""
+
+    run_dir: str
+    history: list[dict[str, Any]]
+    best_checkpoint: str | None
+    latest_checkpoint: str | None
+    error: str | None
+
+
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    return ray.cluster_resources()
+
+
+def plan(cfg: JobConfig, *, use_gpu: bool | None = None) -> RunPlan:
+    """Validates data and resources against the config; asks the cluster for nothing.
+
+    Raises:
+        ValueError: (DataError included) naming the field and the fix.
+    """
+    manifest = read_manifest(cfg.data.path)
+    task = get_task(cfg.task)
+    num_outputs = task.num_outputs(manifest)
+    train_urls = shard_urls(cfg.data.path, manifest, cfg.data.train_split)
+    eval_urls = shard_urls(cfg.data.path, manifest, cfg.data.eval_split)
+    num_train = split_size(manifest, cfg.data.train_split)
+    if cfg.task == "classification" and num_outputs < 2:
+        raise ValueError(f"data.path={cfg.data.path!r}: manifest has num_classes={num_outputs}; need at least 2")
+    steps_per_epoch(num_train, cfg.run.num_workers, cfg.data.batch_size, cfg.optim.grad_accum)
+
+    resources = _cluster_resources()
+    if use_gpu is None:
+        use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else resources.get("GPU", 0) > 0
+    if use_gpu and resources.get("GPU", 0) < cfg.run.num_workers:
+        raise ValueError(
+            f"run.num_workers={cfg.run.num_workers} needs {cfg.run.num_workers} GPUs; the cluster has "
+            f"{resources.get('GPU', 0):g}. Lower run.num_workers or add GPU nodes (autoscaling clusters: "
+            "set run.use_gpu=true and wait for nodes)"
+        )
+    needed = cfg.run.num_workers * cfg.run.cpus_per_worker
+    if not use_gpu and resources.get("CPU", 0) < needed + cfg.data.num_cpus_per_read:
+        raise ValueError(
+            f"run.num_workers={cfg.run.num_workers} x run.cpus_per_worker={cfg.run.cpus_per_worker:g} plus one "
+            f"data task needs {needed + cfg.data.num_cpus_per_read:g} CPUs; the cluster has "
+            f"{resources.get('CPU', 0):g}. Lower run.num_workers or run.cpus_per_worker"
+        )
+    if cfg.deepspeed.precision == "fp16" and not use_gpu:
+        raise ValueError("deepspeed.precision='fp16' needs GPUs; on CPU use 'bf16' or 'fp32'")
+    return RunPlan(
+        manifest=manifest,
+        num_outputs=num_outputs,
+        train_urls=train_urls,
+        eval_urls=eval_urls,
+        num_train_samples=num_train,
+        num_eval_samples=split_size(manifest, cfg.data.eval_split),
+        use_gpu=bool(use_gpu),
+    )
+
+
+def build_trainer(cfg: JobConfig, run_plan: RunPlan, *, callbacks: list | None = None) -> Any:
+    """The TorchTrainer for a planned run (Tune builds it too, with its report callback)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    task = get_task(cfg.task)
+    datasets = {
+        "train": build_dataset(cfg.data, run_plan.train_urls, train=True, seed=cfg.run.seed),
+        "eval": build_dataset(cfg.data, run_plan.eval_urls, train=False, seed=cfg.run.seed),
+    }
+    env = {"DS_ACCELERATOR": "cpu"} if not run_plan.use_gpu else {}
+    storage = cfg.run.storage if is_uri(cfg.run.storage) else os.path.abspath(cfg.run.storage)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": to_dict(cfg),
+            "num_outputs": run_plan.num_outputs,
+            "num_train_samples": run_plan.num_train_samples,
+            "class_names": run_plan.manifest.get("class_names"),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.run.num_workers,
+            use_gpu=run_plan.use_gpu,
+            resources_per_worker={"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if run_plan.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            # The best checkpoint by the task's metric; Ray always keeps the latest one too.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1,
+                checkpoint_score_attribute=task.target_metric,
+                checkpoint_score_order="max",
+            ),
+            worker_runtime_env={"env_vars": env},
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+        dataset_config=exact_eval_data_config("train"),
+    )
+
+
+def launch(cfg: JobConfig) -> RunResult:
+    """Plans, trains (resuming a run of the same name and storage), and returns the result.
+
+    Raises:
+        RuntimeError: the loop stopped on a non-finite loss (the message names step and keys).
+    """
+    run_plan = plan(cfg)
+    device = "GPU" if run_plan.use_gpu else "CPU"
+    print(
+        f"run {cfg.run.name!r}: {run_plan.num_train_samples} train / {run_plan.num_eval_samples} eval samples "
+        f"({len(run_plan.train_urls)}+{len(run_plan.eval_urls)} shards), {run_plan.num_outputs} outputs, "
+        f"{cfg.run.num_workers} {device} workers x batch {cfg.data.batch_size} x accum {cfg.optim.grad_accum}, "
+        f"ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}, {cfg.optim.epochs} epochs -> "
+        f"{run_dir(cfg.run.storage, cfg.run.name)}",
+        flush=True,
+    )
+    result = build_trainer(cfg, run_plan).fit()
+    error = (result.metrics or {}).get("error")
+    best = result.best_checkpoints[0][0].path if result.best_checkpoints else None
+    if result.best_checkpoints:
+        task = get_task(cfg.task)
+        best = max(result.best_checkpoints, key=lambda cm: cm[1].get(task.target_metric, float("-inf")))[0].path
+    outcome = RunResult(
+        run_dir=run_dir(cfg.run.storage, cfg.run.name),
+        history=read_history(run_dir(cfg.run.storage, cfg.run.name)),
+        best_checkpoint=best,
+        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
+        error=error,
+    )
+    if error:
+        raise RuntimeError(error)
+    return outcome
