@@ -1,0 +1,135 @@
+"""The figure users look at first: a few images through the fixed and the learned resizer.
+
+    python -m pipeline.resizer_grid --data SHARDS --checkpoint RUN/checkpoint_epoch_0010 --out grid.png
+    python -m pipeline.resizer_grid --images a.jpg b.jpg --set model.backbone=resnet50 --out grid.png
+
+Columns: the resizer's input (the evaluation crop), the fixed resizer's output, the learned
+resizer's output, and the learned minus the fixed output (what the network adds), amplified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.checkpoint import load_weights
+import dataclasses
+
+from pipeline.config import JobConfig, ModelConfig, apply_overrides, from_dict
+from pipeline.data import iter_tar_samples, read_manifest, shard_urls, transform_image
+from pipeline.model import ResizerModel, build_model
+from pipeline.resizer import FixedResizer
+
+
+def load_model(checkpoint: str | None, cfg: JobConfig, num_outputs: int = 1) -> tuple[ResizerModel, JobConfig]:
+    """A model from a checkpoint's `model.pt` (its own config wins), or freshly built from `cfg`."""
+    if checkpoint is None:
+        return build_model(cfg.model, cfg.resizer, num_outputs).eval(), cfg
+    saved = load_weights(checkpoint)
+    saved_cfg = from_dict(JobConfig, saved["config"])
+    # The weights come from the checkpoint: never download or read the original backbone weights.
+    model_cfg = dataclasses.replace(saved_cfg.model, pretrained=False, checkpoint_path=None)
+    model = build_model(model_cfg, saved_cfg.resizer, saved["num_outputs"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), saved_cfg
+
+
+def sample_images(cfg: JobConfig, *, data: str | None, split: str, images: list[str], count: int) -> list[np.ndarray]:
+    """Evaluation crops (3, crop, crop) uint8 from image files or from the first shard of a split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    crop = dict(resize_size=cfg.data.resize_size, crop_size=cfg.data.crop_size, train=False, hflip=False, rng=rng)
+    if images:
+        return [transform_image(Image.open(p).convert("RGB"), **crop) for p in images[:count]]
+    import fsspec
+
+    manifest = read_manifest(data)
+    out = []
+    for url in shard_urls(data, manifest, split):
+        with fsspec.open(url, "rb") as f:
+            for sample in iter_tar_samples(f, url):
+                if sample["error"]:
+                    continue
+                out.append(transform_image(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"), **crop))
+                if len(out) == count:
+                    return out
+    return out
+
+
+def resizer_grid(model: ResizerModel, crops: list[np.ndarray], path: str | Path, *, fixed_kind: str = "bilinear") -> Path:
+    """Writes the PNG grid; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pixels = torch.as_tensor(np.stack(crops))  # (B, 3, crop, crop) uint8
+    size = (model.input_size, model.input_size)
+    with torch.no_grad():
+        normalized = model.normalize(pixels).float()
+        fixed = model.denormalize(FixedResizer(size, fixed_kind)(normalized))
+        learned = model.denormalize(model.resizer.float()(normalized))
+    difference = (learned - fixed).abs()
+    scale = 255.0 / max(float(difference.amax()), 1e-6)
+    columns = [
+        (f"input {pixels.shape[-1]}px", pixels.float()),
+        (f"{fixed_kind} {size[0]}px", fixed),
+        (f"learned {size[0]}px", learned),
+        (f"|learned - {fixed_kind}| x{scale:.1f}", difference * scale),
+    ]
+    fig, axes = plt.subplots(len(crops), len(columns), figsize=(3 * len(columns), 3 * len(crops)), squeeze=False)
+    for row in range(len(crops)):
+        for col, (title, images) in enumerate(columns):
+            ax = axes[row][col]
+            ax.imshow(images[row].permute(1, 2, 0).clamp(0, 255).byte().numpy(), interpolation="nearest")
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a checkpoint folder (or its model.pt); default: a freshly built model")
+    parser.add_argument("--data", help="shard folder or URI to take images from")
+    parser.add_argument("--split", default="test", help="split to take images from (default: test)")
+    parser.add_argument("--images", nargs="*", default=[], help="image files instead of shards")
+    parser.add_argument("--num-images", type=int, default=4, help="rows of the grid (default: 4)")
+    parser.add_argument("--fixed", default="bilinear", help="fixed resizer to compare with (default: bilinear)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for a fresh model")
+    parser.add_argument("--out", default="resizer_grid.png", help="output PNG (default: resizer_grid.png)")
+    args = parser.parse_args(argv)
+    if not args.images and not args.data:
+        parser.error("give --data SHARDS or --images FILE [FILE ...]")
+    try:
+        cfg = apply_overrides(JobConfig(model=ModelConfig(pretrained=False)), args.set)
+        if args.checkpoint is None and cfg.resizer.kind != "learned":
+            cfg = apply_overrides(cfg, ["resizer.kind=learned"])
+        model, cfg = load_model(args.checkpoint, cfg)
+        if cfg.resizer.kind != "learned":
+            raise ValueError(f"{args.checkpoint}: this run used resizer.kind={cfg.resizer.kind!r}; there is no learned resizer to show")
+        crops = sample_images(cfg, data=args.data, split=args.split, images=args.images, count=args.num_images)
+        if not crops:
+            raise ValueError(f"no decodable images found in {args.data or args.images}")
+        out = resizer_grid(model, crops, args.out, fixed_kind=args.fixed)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
