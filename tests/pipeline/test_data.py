@@ -1,0 +1,141 @@
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import DataConfig
+from pipeline.data import (
+    DataError,
+    build_dataset,
+    decode_batch,
+    iter_tar_samples,
+    read_manifest,
+    score_distribution,
+    shard_urls,
+    transform_image,
+)
+
+
+def _jpeg(width=60, height=40, color=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _write_tar(path, samples):
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _rows(samples):
+    return {
+        "key": np.array([s["key"] for s in samples], dtype=object),
+        "jpg": np.array([s["jpg"] for s in samples], dtype=object),
+        "label": np.array([s["label"] for s in samples]),
+        "meta": np.array([s["meta"] for s in samples], dtype=object),
+        "error": np.array([s["error"] for s in samples], dtype=object),
+    }
+
+
+def test_train_transform_crops_and_flips():
+    image = Image.fromarray(np.arange(50 * 80 * 3, dtype=np.uint8).reshape(50, 80, 3))
+    rng = np.random.default_rng(0)
+    out = transform_image(image, resize_size=None, crop_size=32, train=True, hflip=True, rng=rng)
+    assert out.shape == (3, 32, 32) and out.dtype == np.uint8
+    source = np.asarray(image).transpose(2, 0, 1)
+    # the crop is a window of the source, possibly mirrored
+    found = any(
+        np.array_equal(out, source[:, t : t + 32, l : l + 32]) or np.array_equal(out, source[:, t : t + 32, l : l + 32][:, :, ::-1])
+        for t in range(50 - 31)
+        for l in range(80 - 31)
+    )
+    assert found
+
+
+def test_eval_transform_resizes_square_then_centre_crops():
+    image = Image.new("RGB", (300, 100), (10, 20, 30))
+    image.paste((250, 0, 0), (140, 40, 160, 60))  # a red square at the centre
+    out = transform_image(image, resize_size=120, crop_size=100, train=False, hflip=True, rng=np.random.default_rng(0))
+    assert out.shape == (3, 100, 100)
+    assert out[0, 50, 50] > 200 and out[0, 5, 5] < 50  # centre kept, aspect not kept
+
+
+def test_small_images_are_scaled_up_to_the_crop():
+    out = transform_image(Image.new("RGB", (20, 30)), resize_size=None, crop_size=48, train=True, hflip=False, rng=np.random.default_rng(0))
+    assert out.shape == (3, 48, 48)
+
+
+def test_decode_batch_flags_bad_images_and_keeps_going():
+    good = _jpeg()
+    truncated = good[: len(good) // 2]
+    batch = _rows(
+        [
+            {"key": "a", "jpg": good, "label": 3, "meta": "{}", "error": ""},
+            {"key": "b", "jpg": b"not a jpeg", "label": 1, "meta": "{}", "error": ""},
+            {"key": "c", "jpg": truncated, "label": 2, "meta": "{}", "error": ""},
+            {"key": "d", "jpg": b"", "label": -1, "meta": "{}", "error": "truncated tar"},
+        ]
+    )
+    out = decode_batch(batch, resize_size=None, crop_size=32, train=False)
+    assert out["valid"].tolist() == [True, False, False, False]
+    assert out["pixels"].shape == (4, 3, 32, 32) and out["pixels"][0].max() > 150
+    assert "undecodable" in out["error"][1] and "undecodable" in out["error"][2]
+    assert out["error"][3] == "truncated tar" and out["label"].tolist() == [3, 1, 2, -1]
+
+
+def test_score_distribution_from_ava_votes():
+    meta = json.dumps({"votes": [0, 0, 0, 1, 2, 3, 2, 1, 1, 0]})
+    dist = score_distribution(meta)
+    assert dist.sum() == pytest.approx(1.0) and dist[5] == pytest.approx(0.3)
+    assert score_distribution("{}").sum() == 0
+
+
+def test_truncated_tar_yields_its_samples_then_one_error_row(tmp_path):
+    path = tmp_path / "train-000000.tar"
+    _write_tar(path, [(f"k{i}", {"cls": b"1", "jpg": _jpeg(), "json": b"{}"}) for i in range(5)])
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    with open(path, "rb") as f:
+        rows = list(iter_tar_samples(f, str(path)))
+    good = [r for r in rows if not r["error"]]
+    assert 1 <= len(good) < 5 and all(r["label"] == 1 for r in good)
+    assert len(rows) == len(good) + 1 and "truncated or corrupt tar" in rows[-1]["error"]
+
+
+def test_missing_data_path_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="data.path is empty"):
+        read_manifest("")
+    with pytest.raises(DataError, match="does not exist.*python -m data_prep"):
+        read_manifest(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="holds no manifest.json"):
+        read_manifest(str(tmp_path))
+
+
+def test_unknown_split_lists_the_known_ones(tmp_path):
+    manifest = {"splits": {"train": {"num_samples": 1, "shards": [{"name": "train-000000.tar"}]}}}
+    with pytest.raises(DataError, match=r"no split 'test'; its manifest lists \['train'\]"):
+        shard_urls(str(tmp_path), manifest, "test")
+
+
+@pytest.mark.ray
+def test_tiny_ray_dataset_decodes_every_sample_and_flags_the_corrupt_one(tmp_path, ray_local):
+    samples = [(f"s{i:03d}", {"cls": str(i % 3).encode(), "jpg": _jpeg(color=(i * 7 % 255, 0, 0)), "json": b"{}"}) for i in range(20)]
+    samples[4] = ("s004", {"cls": b"1", "jpg": b"garbage", "json": b"{}"})
+    _write_tar(tmp_path / "train-000000.tar", samples[:10])
+    _write_tar(tmp_path / "train-000001.tar", samples[10:])
+    urls = [str(tmp_path / "train-000000.tar"), str(tmp_path / "train-000001.tar")]
+    for train in (True, False):
+        ds = build_dataset(DataConfig(path=str(tmp_path), resize_size=None, crop_size=24), urls, train=train, seed=0)
+        rows = ds.take_all()
+        assert sorted(r["key"] for r in rows) == sorted(k for k, _ in samples)  # each sample once
+        bad = [r for r in rows if not r["valid"]]
+        assert [r["key"] for r in bad] == ["s004"] and "undecodable" in bad[0]["error"]
+        assert all(r["pixels"].shape == (3, 24, 24) for r in rows)
+        assert {r["key"]: r["label"] for r in rows}["s011"] == 2
