@@ -378,10 +378,11 @@ def _build_manifest(
         for shard in shards:
             converted.update(shard["converted"])
         num_samples = sum(shard["num_samples"] for shard in shards)
+        num_records = len(records) + sum(entry["split"] == split for entry in spec.skipped)
         splits[split] = {
-            "num_records": len(records),
+            "num_records": num_records,
             "num_samples": num_samples,
-            "num_skipped": len(records) - num_samples,
+            "num_skipped": num_records - num_samples,
             "num_shards": len(shards),
             "shards": [{k: shard[k] for k in ("name", "num_samples", "sha256", "bytes")} for shard in shards],
         }
