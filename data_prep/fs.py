@@ -72,9 +72,7 @@ class OutDir:
             tmp = final + ".tmp"
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+            os.replace(tmp, final)  # atomic against a killed process (no fsync: a power loss calls for `verify`)
         else:
             self.fs.pipe_file(self._path(name), data)
 
