@@ -42,7 +42,7 @@ def read_ava(
     """
     root = Path(src).resolve()
     ava_txt = root / "AVA.txt"
-    entries: dict[int, tuple[Record | None, list[int]]] = {}
+    entries: dict[int, Record | None] = {}  # None: listed with no votes
     lines: dict[int, int] = {}
     for line_number, fields in read_table(ava_txt, NUM_COLUMNS, COLUMNS):
         values = [parse_int(ava_txt, line_number, text, "every column") for text in fields]
@@ -62,7 +62,7 @@ def read_ava(
         }
         relative = f"images/{image_id}.jpg"
         record = Record(f"ava_{image_id}", str(root / relative), relative, None, meta) if num_votes else None
-        entries[image_id] = (record, votes)
+        entries[image_id] = record
         lines[image_id] = line_number
     if not entries:
         raise DataPrepError(f"{ava_txt}: no images listed")
@@ -70,7 +70,7 @@ def read_ava(
     test = _test_ids(entries, lines, test_fraction, test_ids, seed)
     splits: dict[str, list[Record]] = {"train": [], "test": []}
     skipped = []
-    for image_id, (record, _) in entries.items():
+    for image_id, record in entries.items():
         split = "test" if image_id in test else "train"
         if record is None:
             skipped.append({"split": split, "key": f"ava_{image_id}", "path": f"images/{image_id}.jpg", "reason": "no votes"})
@@ -81,8 +81,7 @@ def read_ava(
         options["test_ids"] = str(Path(test_ids).resolve())
     else:
         options["test_fraction"] = test_fraction
-    spec = DatasetSpec("ava", "votes", [], splits, skipped, options)
-    return spec
+    return DatasetSpec("ava", "votes", [], splits, skipped, options)
 
 
 def _test_ids(

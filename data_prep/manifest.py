@@ -15,7 +15,7 @@ Schema (format_version 1; JSON with sorted keys)::
       },
       "splits": {
         "<split>": {                     # CUB train/test, ImageNet train/val, AVA train/test
-          "num_records": int,            # items listed in the source for this split
+          "num_records": int,            # items the source lists for this split, skipped ones included
           "num_samples": int,            # samples in the shards; num_records = num_samples + num_skipped
           "num_skipped": int,
           "num_shards": int,

@@ -34,7 +34,7 @@ def error_at(path: str | Path, line_number: int, what: str, todo: str = "") -> D
     return DataPrepError(message)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: ImageNet holds 1.33M of these
 class Record:
     """One image to put into a shard.
 

@@ -30,7 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -316,7 +316,7 @@ def write_dataset(spec: DatasetSpec, out: str, options: ShardOptions) -> dict[st
     return manifest
 
 
-def _run_shards(todo: list[ShardPlan], staging: str, options: ShardOptions):  # -> Iterator[dict]
+def _run_shards(todo: list[ShardPlan], staging: str, options: ShardOptions) -> Iterator[dict[str, Any]]:
     """Yields progress records as shards finish, writing them in a process pool over the available cores."""
     num_workers = min(options.workers or available_cores(), len(todo))
     if num_workers <= 1:

@@ -142,3 +142,16 @@ def test_cli_help_explains_options(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for option in ("--src", "--out", "--seed", "--shard-size", "--shard-bytes", "--max-side", "--no-decode-check", "--strict", "--workers"):
         assert option in text
+
+
+def test_webdataset_reads_the_shards(cub_src: Path, tmp_path: Path) -> None:
+    import webdataset as wds
+
+    out = tmp_path / "out"
+    manifest = shard_cub(cub_src, str(out), OPTIONS)
+    dataset = wds.WebDataset(shard_urls(str(out), "train"), shardshuffle=False, empty_check=False).decode("pil")
+    samples = list(dataset)
+    assert len(samples) == manifest["splits"]["train"]["num_samples"]
+    for sample in samples:
+        assert sample["jpg"].mode == "RGB" and sample["jpg"].size == (24, 16)
+        assert sample["cls"] == (sample["json"]["image_id"] - 1) // 5
