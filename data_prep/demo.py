@@ -27,6 +27,7 @@ the number of worker processes.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import io
 import json
 import multiprocessing
@@ -98,6 +99,13 @@ def class_names(num_classes: int) -> list[str]:
     return [f"{i + 1:03d}.{name}" for i, (name, _) in enumerate(TEXTURES[:num_classes])]
 
 
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    y.flags.writeable = x.flags.writeable = False  # shared between images
+    return y, x
+
+
 def render_image(label: int, width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
     """Draws one demo image.
 
@@ -110,14 +118,15 @@ def render_image(label: int, width: int, height: int, rng: np.random.Generator) 
     Returns:
         The image as uint8 (height, width, 3), and the object's bounding box [x, y, w, h].
     """
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)  # (H, W) each
+    y, x = _pixel_grid(height, width)  # (H, W) each
 
     # background: gradient between two colours along a random direction
     angle = rng.uniform(0, 2 * np.pi)
     ramp = x * float(np.cos(angle)) + y * float(np.sin(angle))
-    ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
-    color_a, color_b = rng.uniform(0.1, 0.9, size=(2, 3)).astype(np.float32)
-    image = color_a + (color_b - color_a) * ramp[..., None]  # (H, W, 3)
+    low, high = float(ramp.min()), float(ramp.max())
+    ramp -= low
+    ramp *= 1.0 / max(high - low, 1e-6)
+    color_a, color_b = rng.uniform(0.1, 0.9, size=(2, 3))
 
     # object: a large, roughly centred, rotated ellipse with a soft 2-px edge
     center_x = width / 2 + rng.uniform(-0.06, 0.06) * width
@@ -128,19 +137,22 @@ def render_image(label: int, width: int, height: int, rng: np.random.Generator) 
     cos_tilt, sin_tilt = float(np.cos(tilt)), float(np.sin(tilt))  # Python floats keep the arrays float32
     u = (dx * cos_tilt + dy * sin_tilt) / semi_x
     v = (-dx * sin_tilt + dy * cos_tilt) / semi_y
-    radius = np.sqrt(u * u + v * v)
-    mask = np.clip((1.0 - radius) * min(semi_x, semi_y) / 2.0, 0.0, 1.0)[..., None]  # (H, W, 1)
+    mask = np.clip((1.0 - np.sqrt(u * u + v * v)) * (min(semi_x, semi_y) / 2.0), 0.0, 1.0)
 
-    object_color = rng.uniform(0.25, 0.75, size=3).astype(np.float32)
+    object_color = rng.uniform(0.25, 0.75, size=3)
     shading = 1.0 + 0.2 * (u * rng.uniform(-1, 1) + v * rng.uniform(-1, 1))
     omega = 2 * np.pi / rng.uniform(*PERIOD_RANGE)
     texture = TEXTURES[label][1](x, y, omega, rng)
-    texture = texture / max(float(np.sqrt(np.mean(texture * texture))), 0.3)  # unit RMS: equal power per class
-    object_pixels = object_color * shading[..., None] + rng.uniform(*CONTRAST_RANGE) * texture[..., None]
-    image = image * (1 - mask) + object_pixels * mask
-    image += PIXEL_NOISE * rng.standard_normal((height, width, 1), dtype=np.float32)  # luminance noise
-    pixels = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-
+    texture *= rng.uniform(*CONTRAST_RANGE) / max(float(np.sqrt(np.mean(texture * texture))), 0.3)  # equal power
+    # luminance detail: texture inside the object, noise everywhere, equal in R, G and B
+    detail = texture * mask + PIXEL_NOISE * rng.standard_normal((height, width), dtype=np.float32)
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    for channel in range(3):
+        background = float(color_a[channel]) + float(color_b[channel] - color_a[channel]) * ramp
+        value = background + mask * (float(object_color[channel]) * shading - background) + detail
+        value *= 255.0
+        np.clip(np.rint(value, out=value), 0, 255, out=value)
+        pixels[..., channel] = value
     half_w = np.hypot(semi_x * np.cos(tilt), semi_y * np.sin(tilt))
     half_h = np.hypot(semi_x * np.sin(tilt), semi_y * np.cos(tilt))
     left, top = max(0.0, center_x - half_w), max(0.0, center_y - half_h)
