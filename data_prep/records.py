@@ -1,0 +1,133 @@
+"""The plain data every source hands to the sharding engine, and the one error type.
+
+A source (``cub.py``, ``imagenet.py``, ``ava.py``) turns a raw layout into a `DatasetSpec`: per split, a list
+of `Record` (one image each) plus the items already known to be unusable (an id listed with no file, an AVA
+image with no votes). Structural problems in the metadata raise `DataPrepError` naming file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+
+class DataPrepError(ValueError):
+    """A problem with the input or the options that stops the run; the message says what, where and what to do."""
+
+
+def error_at(path: str | Path, line_number: int, what: str, todo: str = "") -> DataPrepError:
+    """Builds a `DataPrepError` for a line of a metadata file.
+
+    Args:
+        path: the metadata file.
+        line_number: 1-based line number in that file.
+        what: what is wrong on that line.
+        todo: what the user should do about it.
+
+    Returns:
+        The error, to be raised by the caller.
+    """
+    message = f"{path}:{line_number}: {what}"
+    if todo:
+        message += f". {todo}"
+    return DataPrepError(message)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: ImageNet holds 1.33M of these
+class Record:
+    """One image to put into a shard.
+
+    Attributes:
+        key: sample key in the shard (no dots: webdataset splits member names on the first dot).
+        path: absolute path of the source image file.
+        source: the path as reported in the sample json and the skip list (relative to the dataset root).
+        label: 0-based class index, or None for datasets without classes (AVA).
+        meta: dataset-specific JSON-serialisable fields copied into the sample json.
+    """
+
+    key: str
+    path: str
+    source: str
+    label: int | None
+    meta: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What a source hands to the sharding engine.
+
+    Attributes:
+        dataset: dataset name written to the manifest ("cub", "imagenet", "ava").
+        target: "cls" when samples carry a class index, "votes" for AVA's score distribution.
+        class_names: class names, index = cls (empty for AVA).
+        splits: split name to its records, in any order (the engine sorts by key, then shuffles with the seed).
+        skipped: items dropped before sharding, as manifest skip entries {split, key, path, reason}.
+        options: dataset-specific options recorded in the manifest's created_by.
+    """
+
+    dataset: str
+    target: str
+    class_names: list[str]
+    splits: dict[str, list[Record]]
+    skipped: list[dict[str, str]]
+    options: dict[str, Any]
+
+
+def check_unique_keys(splits: dict[str, list[Record]]) -> None:
+    """Raises `DataPrepError` if two records share a key (they would collide in webdataset).
+
+    Args:
+        splits: split name to records.
+    """
+    seen: dict[str, str] = {}
+    for records in splits.values():
+        for record in records:
+            if "." in record.key:
+                raise DataPrepError(f"{record.source}: sample key {record.key!r} contains a dot; keys must not")
+            if record.key in seen:
+                raise DataPrepError(
+                    f"{record.source}: sample key {record.key!r} is also used by {seen[record.key]}; "
+                    "rename one of the files so that file stems are unique"
+                )
+            seen[record.key] = record.source
+
+
+def read_table(path: Path, num_columns: int, columns: str, *, maxsplit: int = -1) -> list[tuple[int, list[str]]]:
+    """Reads a whitespace-separated metadata file, checking the column count of every non-blank line.
+
+    Args:
+        path: the file.
+        num_columns: columns each line must have.
+        columns: the expected line format, for error messages (e.g. "<image_id> <class_id>").
+        maxsplit: passed to str.split (lets a last column contain spaces).
+
+    Returns:
+        (1-based line number, fields) for each non-blank line.
+
+    Raises:
+        DataPrepError: the file is missing or a line has the wrong number of columns.
+    """
+    if not path.is_file():
+        raise DataPrepError(f"{path}: metadata file not found; check --src points at the dataset root")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.split(None, maxsplit) if maxsplit >= 0 else line.split()
+            if len(fields) != num_columns:
+                raise error_at(
+                    path, line_number, f"expected {num_columns} columns {columns}, got {len(fields)}: {line.rstrip()!r}",
+                    "fix or remove the line",
+                )
+            rows.append((line_number, fields))
+    return rows
+
+
+def parse_int(path: Path, line_number: int, text: str, what: str) -> int:
+    """Parses an integer field, raising `DataPrepError` naming file and line if it is not one."""
+    try:
+        return int(text)
+    except ValueError:
+        raise error_at(path, line_number, f"{what} must be an integer, got {text!r}", "fix the line") from None
