@@ -81,9 +81,6 @@ def init_ray(demo: bool) -> None:
     else:
         # Logical CPUs: 2 Train workers plus Ray Data read tasks on a 2-core laptop (see README).
         ray.init(num_cpus=max(8, os.cpu_count() or 1), runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False  # our epoch lines carry the progress
 
 
 def print_summary(result: Any, cfg: JobConfig, metric: str) -> None:

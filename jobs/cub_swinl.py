@@ -55,7 +55,7 @@ def config() -> JobConfig:
             epochs=100, warmup_epochs=5, warmup_start_factor=0.01,
         ),
         deepspeed=DeepSpeedConfig(zero_stage=2, precision="bf16"),
-        run=RunConfig(name="cub_swinl", storage="outputs", num_workers=8),
+        run=RunConfig(name="cub_swinl", storage="outputs", num_workers=8, use_gpu=True, autoscale=True),
     )
 
 

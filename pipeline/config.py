@@ -238,6 +238,8 @@ class RunConfig:
         storage: folder or URI for checkpoints, TensorBoard logs and reports.
         num_workers: Ray Train workers (one per GPU).
         use_gpu: None picks GPUs when the cluster has them.
+        autoscale: the cluster grows on demand: ask its autoscaler for missing GPUs instead of
+            failing fast (`ray up cluster.yaml` clusters start with zero GPU nodes).
         cpus_per_worker: CPUs reserved per Train worker.
         seed: seed for model init, augmentation and shuffling.
         checkpoint_every: save a checkpoint every this many epochs (the last epoch always).
@@ -249,6 +251,7 @@ class RunConfig:
     storage: str = "outputs"
     num_workers: int = 1
     use_gpu: bool | None = None
+    autoscale: bool = False
     cpus_per_worker: float = 1.0
     seed: int = 0
     checkpoint_every: int = 1

@@ -281,6 +281,8 @@ def build_dataset(cfg: DataConfig, urls: list[str], *, train: bool, seed: int) -
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if train else None
     datasource = ShardDatasource(urls, shuffle=shuffle)
     ds = ray.data.read_datasource(datasource, num_cpus=cfg.num_cpus_per_read, override_num_blocks=len(urls))
+    ds.context.enable_progress_bars = False  # the training loop prints a line per epoch with img/s
+    ds.context.print_on_execution_start = False
     return ds.map_batches(
         decode_batch,
         fn_kwargs=dict(resize_size=cfg.resize_size, crop_size=cfg.crop_size, train=train, hflip=cfg.hflip),

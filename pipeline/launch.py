@@ -6,6 +6,7 @@ for: the shards and their manifest, the class count, the worker count against th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -66,11 +67,20 @@ def plan(cfg: JobConfig, *, use_gpu: bool | None = None) -> RunPlan:
     resources = _cluster_resources()
     if use_gpu is None:
         use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else resources.get("GPU", 0) > 0
-    if use_gpu and resources.get("GPU", 0) < cfg.run.num_workers:
+    if use_gpu and resources.get("GPU", 0) < cfg.run.num_workers and cfg.run.autoscale:
+        from ray.autoscaler.sdk import request_resources
+
+        print(
+            f"asking the autoscaler for {cfg.run.num_workers} GPUs (the cluster has {resources.get('GPU', 0):g} now); "
+            "training starts when they arrive",
+            flush=True,
+        )
+        request_resources(bundles=[{"GPU": 1, "CPU": cfg.run.cpus_per_worker}] * cfg.run.num_workers)
+    elif use_gpu and resources.get("GPU", 0) < cfg.run.num_workers:
         raise ValueError(
             f"run.num_workers={cfg.run.num_workers} needs {cfg.run.num_workers} GPUs; the cluster has "
-            f"{resources.get('GPU', 0):g}. Lower run.num_workers or add GPU nodes (autoscaling clusters: "
-            "set run.use_gpu=true and wait for nodes)"
+            f"{resources.get('GPU', 0):g}. Lower run.num_workers, add GPU nodes, or on an autoscaling cluster "
+            "set run.autoscale=true to ask the autoscaler for them"
         )
     needed = cfg.run.num_workers * cfg.run.cpus_per_worker
     if not use_gpu and resources.get("CPU", 0) < needed + cfg.data.num_cpus_per_read:
@@ -103,7 +113,8 @@ def build_trainer(cfg: JobConfig, run_plan: RunPlan, *, callbacks: list | None =
         "eval": build_dataset(cfg.data, run_plan.eval_urls, train=False, seed=cfg.run.seed),
     }
     env = {"DS_ACCELERATOR": "cpu"} if not run_plan.use_gpu else {}
-    storage = cfg.run.storage if is_uri(cfg.run.storage) else os.path.abspath(cfg.run.storage)
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # worker prints reach the driver once, not twice
+    cfg = with_absolute_storage(cfg)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -119,7 +130,7 @@ def build_trainer(cfg: JobConfig, run_plan: RunPlan, *, callbacks: list | None =
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
-            storage_path=storage,
+            storage_path=cfg.run.storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             # The best checkpoint by the task's metric; Ray always keeps the latest one too.
             checkpoint_config=ray.train.CheckpointConfig(
@@ -128,11 +139,19 @@ def build_trainer(cfg: JobConfig, run_plan: RunPlan, *, callbacks: list | None =
                 checkpoint_score_order="max",
             ),
             worker_runtime_env={"env_vars": env},
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=callbacks,
         ),
         datasets=datasets,
         dataset_config=exact_eval_data_config("train"),
     )
+
+
+def with_absolute_storage(cfg: JobConfig) -> JobConfig:
+    """Workers run in their own working directory: a relative storage path must be made absolute here."""
+    if is_uri(cfg.run.storage):
+        return cfg
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, storage=os.path.abspath(cfg.run.storage)))
 
 
 def launch(cfg: JobConfig) -> RunResult:
@@ -141,6 +160,7 @@ def launch(cfg: JobConfig) -> RunResult:
     Raises:
         RuntimeError: the loop stopped on a non-finite loss (the message names step and keys).
     """
+    cfg = with_absolute_storage(cfg)
     run_plan = plan(cfg)
     device = "GPU" if run_plan.use_gpu else "CPU"
     print(

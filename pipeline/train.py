@@ -198,7 +198,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     train_data = ray.train.get_dataset_shard("train")
     eval_data = ray.train.get_dataset_shard("eval")
-    iter_kwargs = dict(batch_size=cfg.data.batch_size, batch_format="numpy", drop_last=True)
 
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         # ---- train
@@ -206,11 +205,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         loss_sum, num_images, skipped = 0.0, 0, []
         micro_step = 0
-        for batch in train_data.iter_batches(local_shuffle_buffer_size=cfg.data.shuffle_buffer or None, **iter_kwargs):
+        batches = train_data.iter_batches(
+            batch_size=cfg.data.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+        )
+        for batch in batches:
+            skipped += _skipped(batch)  # counted even in the tail that is not trained on
             if micro_step == micro_batches_per_epoch:
                 continue  # drain the split so every worker ends the epoch together
             micro_step += 1
-            skipped += _skipped(batch)
             tensors = _to_device(batch, engine.device)
             logits = engine(tensors["pixels"])  # (B, num_outputs)
             valid = tensors["valid"].to(logits.dtype)

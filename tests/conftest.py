@@ -1,8 +1,17 @@
-"""Shared fixtures: a real local Ray (one at a time, shut down after each module)."""
+"""Shared fixtures: a real local Ray (one at a time, shut down after each module), tiny real shards."""
 
+import io
+import json
 import os
+import shutil
+import tarfile
+from pathlib import Path
 
 import pytest
+
+from data_prep.cub import shard_cub
+from data_prep.demo import generate_demo
+from data_prep.shards import ShardOptions
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -17,3 +26,38 @@ def ray_local():
     ray.init(num_cpus=8, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+def corrupt_sample(shard: Path, index: int = 0) -> str:
+    """Replaces the jpg of the `index`-th sample of a tar with garbage; returns its key."""
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    jpgs = [m.name for m, _ in members if m.name.endswith(".jpg")]
+    target = jpgs[index]
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
+        for member, data in members:
+            if member.name == target:
+                data = b"\xff\xd8 this is not a jpeg"
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return target.split(".")[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> dict:
+    """3 texture classes, 64x64 images: 30 train / 30 test, shards of 8; one corrupt image per split."""
+    root = tmp_path_factory.mktemp("tiny")
+    src = generate_demo(root / "raw", num_classes=3, num_images=60, seed=0, image_size=(64, 64), workers=1)
+    out = root / "shards"
+    shard_cub(src, str(out), ShardOptions(seed=0, shard_size=8, workers=1, verbose=False))
+    manifest = json.loads((out / "manifest.json").read_text())
+    bad_train = corrupt_sample(out / manifest["splits"]["train"]["shards"][0]["name"], 1)
+    bad_test = corrupt_sample(out / manifest["splits"]["test"]["shards"][1]["name"], 0)
+    return {"path": str(out), "manifest": manifest, "bad_train": bad_train, "bad_test": bad_test}
+
+
+@pytest.fixture
+def shards_copy(tiny_shards, tmp_path) -> str:
+    target = tmp_path / "shards"
+    shutil.copytree(tiny_shards["path"], target)
+    return str(target)

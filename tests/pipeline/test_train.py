@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from pipeline.checkpoint import load_weights, read_history
+from pipeline.config import DataConfig, DeepSpeedConfig, JobConfig, ModelConfig, OptimConfig, ResizerConfig, RunConfig
+from pipeline.launch import launch
+from pipeline.train import deepspeed_config, lr_factor, schedule, steps_per_epoch
+
+TINY_MODEL = ModelConfig(
+    backbone="swin_tiny_patch4_window7_224",
+    pretrained=False,
+    img_size=16,
+    backbone_kwargs={"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2},
+)
+
+
+def tiny_job(data: str, storage: str, **run) -> JobConfig:
+    return JobConfig(
+        resizer=ResizerConfig(num_filters=8),
+        model=TINY_MODEL,
+        data=DataConfig(path=data, resize_size=None, crop_size=32, batch_size=4, shuffle_buffer=8),
+        optim=OptimConfig(lr=1e-3, epochs=2, warmup_epochs=0.5),
+        deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
+        run=RunConfig(**{"name": "tiny", "storage": storage, "num_workers": 2, "log_every": 0, **run}),
+    )
+
+
+def test_steps_per_epoch_follow_the_equal_split():
+    assert steps_per_epoch(30, 2, 4, 1) == 3  # 15 rows per worker: 3 full micro-batches
+    assert steps_per_epoch(100, 2, 4, 3) == 4  # 12 micro-batches, 4 accumulation windows
+    with pytest.raises(ValueError, match="no optimizer step per epoch"):
+        steps_per_epoch(6, 2, 4, 1)
+
+
+def test_warmup_then_cosine():
+    kw = dict(warmup_steps=10, total_steps=110, start_factor=0.01, min_factor=0.0)
+    assert lr_factor(0, **kw) == pytest.approx(0.01)
+    assert lr_factor(5, **kw) == pytest.approx(0.505)
+    assert lr_factor(10, **kw) == pytest.approx(1.0)
+    assert lr_factor(60, **kw) == pytest.approx(0.5)
+    assert lr_factor(110, **kw) == pytest.approx(0.0, abs=1e-12)
+    assert schedule(OptimConfig(epochs=100, warmup_epochs=5), 7) == (35, 700)
+
+
+def test_deepspeed_config_is_derived_from_the_typed_config():
+    cfg = JobConfig(
+        data=DataConfig(batch_size=8),
+        optim=OptimConfig(grad_accum=4, grad_clip=5.0),
+        deepspeed=DeepSpeedConfig(zero_stage=3, precision="fp16", initial_scale_power=12),
+    )
+    ds = deepspeed_config(cfg, world_size=8)
+    assert ds["train_batch_size"] == 8 * 4 * 8 and ds["train_micro_batch_size_per_gpu"] == 8
+    assert ds["gradient_accumulation_steps"] == 4 and ds["gradient_clipping"] == 5.0
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    assert ds["fp16"] == {"enabled": True, "loss_scale": 0, "initial_scale_power": 12} and not ds["bf16"]["enabled"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_two_workers_train_and_evaluate_under_zero(stage, tiny_shards, tmp_path, ray_local):
+    cfg = tiny_job(tiny_shards["path"], str(tmp_path / "runs"), name=f"zero{stage}")
+    cfg = JobConfig(**{**cfg.__dict__, "deepspeed": DeepSpeedConfig(zero_stage=stage, precision="fp32")})
+    result = launch(cfg)
+    manifest = tiny_shards["manifest"]
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    per_epoch = steps_per_epoch(manifest["splits"]["train"]["num_samples"], 2, 4, 1)
+    assert [r["step"] for r in result.history] == [per_epoch, 2 * per_epoch]
+    for record in result.history:
+        # evaluation covers every test sample exactly once: all decodable ones, plus the corrupt one skipped
+        assert record["num_eval_samples"] == manifest["splits"]["test"]["num_samples"] - 1
+        assert record["skipped_eval"] == 1
+        assert record["skipped_train"] == 1  # 30 rows split 15/15: every row is seen, none dropped
+        assert {k for k, _ in record["skipped"]} == {tiny_shards["bad_train"], tiny_shards["bad_test"]}
+        assert 0.0 <= record["top1"] <= 1.0 and record["images_per_second"] > 0
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] * 1.5
+    weights = load_weights(result.latest_checkpoint)
+    assert weights["epoch"] == 2 and any(k.startswith("resizer.") for k in weights["state_dict"])
+    assert (tmp_path / "runs" / f"zero{stage}" / "tensorboard").is_dir()
