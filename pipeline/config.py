@@ -25,6 +25,8 @@ Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
 Precision = Literal["bf16", "fp16", "fp32"]
 Task = Literal["classification", "quality"]
 
+NUM_SCORE_BINS = 10  # AVA votes for scores 1..10
+
 RESIZER_KINDS: tuple[str, ...] = get_args(ResizerKind)
 FIXED_RESIZER_KINDS: tuple[str, ...] = tuple(k for k in RESIZER_KINDS if k != "learned")
 

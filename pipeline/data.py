@@ -21,9 +21,8 @@ import numpy as np
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource, FileShuffleConfig
 
-from pipeline.config import DataConfig
+from pipeline.config import NUM_SCORE_BINS, DataConfig
 
-NUM_SCORE_BINS = 10
 MANIFEST = "manifest.json"
 
 

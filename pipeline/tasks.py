@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.data import NUM_SCORE_BINS
+from pipeline.config import NUM_SCORE_BINS
 
 
 def emd_loss(logits: torch.Tensor, target: torch.Tensor, r: float = 2.0) -> torch.Tensor:

@@ -32,6 +32,9 @@ from pipeline.model import build_model, param_groups
 from pipeline.tasks import get_task
 
 
+TRAIN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
 # ---------------------------------------------------------------- schedule and DeepSpeed config
 
 def steps_per_epoch(num_train_samples: int, world_size: int, batch_size: int, grad_accum: int) -> int:
@@ -122,6 +125,8 @@ def setup_model_and_engine(cfg: JobConfig, num_outputs: int, world_size: int, to
     import deepspeed
 
     model = build_model(cfg.model, cfg.resizer, num_outputs)
+    # DeepSpeed casts parameters to bf16/fp16 but not buffers (Swin's attention masks): cast both here.
+    model = model.to(TRAIN_DTYPES[cfg.deepspeed.precision])
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps
     )

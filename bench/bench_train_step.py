@@ -1,0 +1,194 @@
+"""Train-step cost of the learned resizer against the fixed bilinear one, through the real engine.
+
+Every measurement builds the model and DeepSpeed engine with `pipeline.train.setup_model_and_engine`
+(the code the Ray Train workers run), then times full steps (forward, backward, optimizer) on
+random uint8 batches, side by side in one process.
+
+    python bench/bench_train_step.py              # CPU: ResNet-50 448→224 and a small Swin, learned vs bilinear
+    python bench/bench_train_step.py --gpu        # one GPU: Swin-L 768→384, batch 8, bf16, ZeRO-2 (+ checkpointing)
+
+Prints a table and writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pipeline.config import DataConfig, DeepSpeedConfig, JobConfig, ModelConfig, OptimConfig, ResizerConfig  # noqa: E402
+
+
+def init_single_process(backend: str) -> None:
+    """A world of one, as Ray Train would set it up on one worker."""
+    if torch.distributed.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29513")
+    for name in ("RANK", "LOCAL_RANK"):
+        os.environ.setdefault(name, "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    torch.distributed.init_process_group(backend, rank=0, world_size=1)
+
+
+def measure(cfg: JobConfig, *, device: torch.device, num_outputs: int, warmup: int, steps: int) -> dict[str, Any]:
+    """Mean step time, images/s and peak memory of `steps` full training steps."""
+    from pipeline.train import setup_model_and_engine
+
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    engine = setup_model_and_engine(cfg, num_outputs, 1, total_steps=1000, warmup_steps=10)
+    batch = cfg.data.batch_size
+    pixels = torch.randint(0, 256, (batch, 3, cfg.data.crop_size, cfg.data.crop_size), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, num_outputs, (batch,), device=device)
+
+    def step() -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(engine(pixels).float(), labels)
+        engine.backward(loss)
+        engine.step()
+        return loss
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    float(loss.detach())  # waits for the device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - started) / steps
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    result = {
+        "resizer": cfg.resizer.kind,
+        "backbone": cfg.model.backbone,
+        "input": cfg.data.crop_size,
+        "backbone_input": engine.module.input_size,
+        "batch": batch,
+        "precision": cfg.deepspeed.precision,
+        "zero_stage": cfg.deepspeed.zero_stage,
+        "grad_checkpointing": cfg.model.grad_checkpointing,
+        "step_ms": seconds * 1000,
+        "images_per_second": batch / seconds,
+        "peak_memory_gib": peak,
+        "resizer_params": sum(p.numel() for p in engine.module.resizer.parameters()),
+    }
+    del engine
+    return result
+
+
+def variants(base: JobConfig, with_no_checkpointing: bool) -> list[JobConfig]:
+    learned = base
+    bilinear = dataclasses.replace(base, resizer=dataclasses.replace(base.resizer, kind="bilinear"))
+    out = [learned, bilinear]
+    if with_no_checkpointing:
+        out.append(dataclasses.replace(base, model=dataclasses.replace(base.model, grad_checkpointing=False)))
+    return out
+
+
+def gpu_configs() -> list[JobConfig]:
+    base = JobConfig(
+        resizer=ResizerConfig(kind="learned"),
+        model=ModelConfig(backbone="swin_large_patch4_window12_384", pretrained=False, grad_checkpointing=True),
+        data=DataConfig(crop_size=768, resize_size=1020, batch_size=8),
+        optim=OptimConfig(lr=5e-6),
+        deepspeed=DeepSpeedConfig(zero_stage=2, precision="bf16"),
+    )
+    return variants(base, with_no_checkpointing=True)
+
+
+def cpu_configs() -> list[JobConfig]:
+    resnet = JobConfig(
+        resizer=ResizerConfig(kind="learned"),
+        model=ModelConfig(backbone="resnet50", pretrained=False),
+        data=DataConfig(crop_size=448, resize_size=None, batch_size=4),
+        deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
+    )
+    swin = JobConfig(
+        resizer=ResizerConfig(kind="learned"),
+        model=ModelConfig(
+            backbone="swin_tiny_patch4_window7_224", pretrained=False, img_size=192,
+            backbone_kwargs={"window_size": 6},
+        ),
+        data=DataConfig(crop_size=384, resize_size=None, batch_size=4),
+        deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
+    )
+    return variants(resnet, False) + variants(swin, False)
+
+
+def run_isolated(index: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One variant in its own process, so peak memory and allocator state are its own."""
+    import subprocess
+
+    command = [sys.executable, __file__, "--variant", str(index), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.gpu:
+        command.append("--gpu")
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"variant {index} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="Swin-L 768→384 on one GPU (NCCL, bf16, ZeRO-2)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default="bench/train_step.json")
+    parser.add_argument("--variant", type=int, help=argparse.SUPPRESS)  # internal: run one variant
+    args = parser.parse_args(argv)
+
+    configs = gpu_configs() if args.gpu else cpu_configs()
+    if args.variant is not None:
+        if args.gpu:
+            device = torch.device("cuda", 0)
+            torch.cuda.set_device(device)
+            init_single_process("nccl")
+        else:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            device = torch.device("cpu")
+            init_single_process("gloo")
+        result = measure(configs[args.variant], device=device, num_outputs=200, warmup=args.warmup, steps=args.steps)
+        print("RESULT " + json.dumps(result))
+        return 0
+    results = [run_isolated(i, args) for i in range(len(configs))]
+    print(f"{'backbone':<34} {'in→out':>9} {'resizer':>8} {'ckpt':>5} {'step ms':>8} {'img/s':>7} {'peak GiB':>8}")
+    for r in results:
+        peak = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "-"
+        print(
+            f"{r['backbone']:<34} {r['input']:>4}→{r['backbone_input']:<4} {r['resizer']:>8} "
+            f"{str(r['grad_checkpointing']):>5} {r['step_ms']:>8.1f} {r['images_per_second']:>7.1f} {peak:>8}"
+        )
+    for learned, bilinear in zip(results[0::2], results[1::2]):
+        if learned["resizer"] == "learned" and bilinear["resizer"] == "bilinear":
+            print(f"{learned['backbone']}: learned / bilinear step time = {learned['step_ms'] / bilinear['step_ms']:.3f}")
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.node(),
+        "device": torch.cuda.get_device_name(0) if args.gpu else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
