@@ -11,7 +11,8 @@ TINY_MODEL = ModelConfig(
     backbone="swin_tiny_patch4_window7_224",
     pretrained=False,
     img_size=16,
-    backbone_kwargs={"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2},
+    # two blocks in stage 1: the second is a shifted window with an attention-mask buffer (bf16 casts it)
+    backbone_kwargs={"embed_dim": 16, "depths": [2, 1], "num_heads": [1, 2], "window_size": 2},
 )
 
 
@@ -58,10 +59,10 @@ def test_deepspeed_config_is_derived_from_the_typed_config():
 
 @pytest.mark.slow
 @pytest.mark.ray
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_two_workers_train_and_evaluate_under_zero(stage, tiny_shards, tmp_path, ray_local):
+@pytest.mark.parametrize("stage,precision", [(1, "fp32"), (2, "fp32"), (3, "bf16")])
+def test_two_workers_train_and_evaluate_under_zero(stage, precision, tiny_shards, tmp_path, ray_local):
     cfg = tiny_job(tiny_shards["path"], str(tmp_path / "runs"), name=f"zero{stage}")
-    cfg = JobConfig(**{**cfg.__dict__, "deepspeed": DeepSpeedConfig(zero_stage=stage, precision="fp32")})
+    cfg = JobConfig(**{**cfg.__dict__, "deepspeed": DeepSpeedConfig(zero_stage=stage, precision=precision)})
     result = launch(cfg)
     manifest = tiny_shards["manifest"]
     assert [r["epoch"] for r in result.history] == [1, 2]
