@@ -270,6 +270,76 @@ class RunConfig:
         _check_positive("run", "log_every", self.log_every, allow_zero=True)
 
 
+SearchAlgorithm = Literal["random", "optuna"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """Ray Tune search over the resizer's hyperparameters (used by `pipeline.tune` only).
+
+    Each hyperparameter lists its choices (or a [low, high] log-uniform range); a list of one value
+    fixes it. Trial budgets are in epochs, ASHA's time unit.
+
+    Attributes:
+        num_samples: trials, the fixed-resizer arms included.
+        num_filters: choices for resizer.num_filters.
+        num_res_blocks: choices for resizer.num_res_blocks.
+        input_sizes: choices for the resizer's input (data.crop_size; the backbone input stays fixed).
+        lr: [low, high] log-uniform range of optim.lr.
+        resizer_lr: [low, high] log-uniform range of optim.resizer_lr.
+        zero_init_last: choices for resizer.zero_init_last.
+        interpolation: choices for resizer.interpolation.
+        fixed_arms: fixed resizers (e.g. "bilinear") run as trials with the base config, so every
+            search also answers "does learning the resizer help here?".
+        algorithm: "random" (Tune's variant generator) or "optuna" (TPE; `pip install optuna`).
+        metric: the validation metric ASHA and the search optimize; None takes the task's own
+            (top1, or srcc for quality). "eval_loss" with mode "min" is less noisy on small sets.
+        mode: "max" or "min" for `metric`.
+        grace_period: epochs every trial runs before ASHA may stop it.
+        reduction_factor: ASHA keeps the top 1/reduction_factor at each rung.
+        max_concurrent: trials at once; None derives it from the cluster's CPUs/GPUs.
+    """
+
+    num_samples: int = 16
+    num_filters: tuple[int, ...] = (16, 32)
+    num_res_blocks: tuple[int, ...] = (1, 2, 3, 4)
+    input_sizes: tuple[int, ...] = (768,)
+    lr: tuple[float, float] = (5e-6, 5e-6)
+    resizer_lr: tuple[float, float] = (5e-6, 5e-4)
+    zero_init_last: tuple[bool, ...] = (True, False)
+    interpolation: tuple[Interpolation, ...] = ("bilinear", "bicubic")
+    fixed_arms: tuple[ResizerKind, ...] = ("bilinear",)
+    algorithm: SearchAlgorithm = "random"
+    metric: str | None = None
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = 2
+    reduction_factor: int = 3
+    max_concurrent: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_literals(self, "search")
+        _check_positive("search", "num_samples", self.num_samples)
+        _check_positive("search", "grace_period", self.grace_period)
+        if self.reduction_factor < 2:
+            raise ValueError(f"search.reduction_factor={self.reduction_factor} must be >= 2")
+        for name in ("num_filters", "num_res_blocks", "input_sizes", "zero_init_last", "interpolation"):
+            if not getattr(self, name):
+                raise ValueError(f"search.{name} is empty; give at least one choice")
+        for name in ("lr", "resizer_lr"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"search.{name}={getattr(self, name)} must be [low, high] with 0 < low <= high")
+        for arm in self.fixed_arms:
+            _check_literal("search", "fixed_arms", arm, FIXED_RESIZER_KINDS)
+        if len(self.fixed_arms) >= self.num_samples:
+            raise ValueError(
+                f"search.num_samples={self.num_samples} leaves no learned-resizer trial after "
+                f"{len(self.fixed_arms)} fixed arms; raise it"
+            )
+        if self.max_concurrent is not None:
+            _check_positive("search", "max_concurrent", self.max_concurrent)
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobConfig:
     """One training job: the whole tree that crosses the Ray boundary as `to_dict(cfg)`.
@@ -282,6 +352,7 @@ class JobConfig:
         optim: optimizer and schedule.
         deepspeed: DeepSpeed engine options.
         run: naming, storage, scaling.
+        search: Ray Tune search space and scheduler (Tune jobs only).
     """
 
     task: Task = "classification"
@@ -291,6 +362,7 @@ class JobConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
         _check_literals(self, "job")
@@ -376,6 +448,10 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     if origin is tuple:
         items = _parse_json(value, path) if isinstance(value, str) else value
         args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(items, (list, tuple)):
+                raise ValueError(f"{path}={value!r} must be a list, e.g. [16, 32]")
+            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(items))
         if not isinstance(items, (list, tuple)) or len(items) != len(args):
             raise ValueError(f"{path}={value!r} must be a list of {len(args)} values")
         return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, items)))
@@ -410,18 +486,31 @@ def apply_overrides(cfg: JobConfig, overrides: list[str]) -> JobConfig:
     Raises:
         ValueError: on a malformed override, an unknown section or field, or a bad value.
     """
-    data = to_dict(cfg)
+    values = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} must look like section.field=value, e.g. optim.lr=1e-5")
-        parts = key.strip().split(".")
+        values[key.strip()] = raw.strip()
+    return apply_values(cfg, values)
+
+
+def apply_values(cfg: JobConfig, values: dict[str, Any]) -> JobConfig:
+    """Sets dotted fields to values (Python values, or strings parsed by the field's type).
+
+    Raises:
+        ValueError: on an unknown section or field, or a bad value.
+    """
+    data = to_dict(cfg)
+    for key, raw in values.items():
+        item = f"{key}={raw}"
+        parts = key.split(".")
         node, cls, where = data, JobConfig, ""
         for depth, part in enumerate(parts):
             names = {f.name: f for f in dataclasses.fields(cls)}
             if part not in names:
                 raise ValueError(
-                    f"unknown config field {key.strip()!r} in override {item!r}; "
+                    f"unknown config field {key!r} in override {item!r}; "
                     f"{where or 'the job'} has {sorted(names)}"
                 )
             hint = typing.get_type_hints(cls)[part]
@@ -429,7 +518,7 @@ def apply_overrides(cfg: JobConfig, overrides: list[str]) -> JobConfig:
             if depth == len(parts) - 1:
                 if dataclasses.is_dataclass(hint):
                     raise ValueError(f"override {item!r} names a section; set one of its fields, e.g. {where}.<field>=...")
-                node[part] = _coerce(hint, raw.strip(), where)
+                node[part] = _coerce(hint, raw, where)
             else:
                 if not dataclasses.is_dataclass(hint):
                     raise ValueError(f"override {item!r}: {where} is a field, not a section")

@@ -1,0 +1,98 @@
+"""A real Tune search through the job's command line: ASHA stops trials, an interrupted search resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "--set", "model.img_size=16",
+    "--set", 'model.backbone_kwargs={"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2}',
+    "--set", "data.batch_size=4",
+    "--set", "search.num_filters=[4, 8]",
+    "--set", "search.num_res_blocks=[1]",
+    "--set", "search.input_sizes=[32]",
+    "--set", "search.lr=[1e-5, 3e-2]",  # a wide range so trials differ and ASHA has something to cut
+    "--set", "search.metric=eval_loss",
+    "--set", "search.mode=min",
+    "--set", "search.grace_period=1",
+    "--set", "search.reduction_factor=2",
+    "--set", "search.max_concurrent=2",
+]
+
+
+def job(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "jobs" / "tune_cub_resizer.py"), *args]
+
+
+def env() -> dict:
+    return {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+
+def trial_results(directory: Path) -> dict[str, list[dict]]:
+    out = {}
+    for folder in sorted(directory.glob("trial_*")):
+        lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").exists() else []
+        out[folder.name] = [json.loads(line) for line in lines if line.strip()]
+    return out
+
+
+@pytest.mark.slow
+def test_asha_stops_trials_and_the_report_is_written(tiny_shards, tmp_path):
+    args = ["--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "search", *TINY,
+            "--set", "search.num_samples=6", "--set", "optim.epochs=3"]
+    result = subprocess.run(job(*args), capture_output=True, text=True, timeout=900, env=env(), cwd=REPO)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    directory = tmp_path / "search"
+    summary = json.loads((directory / "tune_summary.json").read_text())
+    assert summary["num_trials"] == 6
+    assert summary["num_stopped_early"] >= 1  # ASHA cut at least one trial
+    assert summary["trial_epochs_run"] < summary["trial_epochs_full"] == 18
+    assert summary["best_config"]["resizer.kind"] in ("learned", "bilinear")
+    assert (directory / "report.html").is_file() and (directory / "curves.png").is_file()
+    # the paired first trials: learned and bilinear with the same other values
+    params = [json.loads(p.read_text()) for p in sorted(directory.glob("trial_*/params.json"))]
+    kinds = sorted(p["resizer.kind"] for p in params)
+    assert kinds.count("bilinear") == 1 and kinds.count("learned") == 5
+    assert "ASHA:" in output and "trial-epochs run" in output
+    # the live view: every trial's Train run writes TensorBoard logs inside the search folder
+    assert len(list(directory.glob("train_*/tensorboard"))) == 6
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_resumes_without_rerunning_finished_trials(tiny_shards, tmp_path):
+    args = ["--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "search", *TINY,
+            "--set", "search.num_samples=4", "--set", "optim.epochs=3", "--set", "search.metric=epoch",
+            "--set", "search.mode=max"]  # no early stopping: every trial runs its 3 epochs
+    directory = tmp_path / "search"
+    process = subprocess.Popen(job(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), cwd=REPO)
+    deadline = time.time() + 600
+    finished: dict[str, list[dict]] = {}
+    while time.time() < deadline and process.poll() is None:
+        results = trial_results(directory) if directory.exists() else {}
+        finished = {name: rows for name, rows in results.items() if rows and rows[-1]["epoch"] == 3}
+        if finished and len(finished) < 4:
+            break
+        time.sleep(1)
+    assert process.poll() is None, "the search ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+    process.communicate(timeout=180)
+    before = trial_results(directory)
+
+    resumed = subprocess.run(job(*args, "--resume"), capture_output=True, text=True, timeout=900, env=env(), cwd=REPO)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-4000:]
+    assert "resuming search 'search'" in output
+    after = trial_results(directory)
+    for name in finished:  # finished trials were not rerun: not one more result line
+        assert after[name] == before[name]
+    assert len(after) == 4 and all(rows and rows[-1]["epoch"] == 3 for rows in after.values())
+    summary = json.loads((directory / "tune_summary.json").read_text())
+    assert summary["trial_epochs_run"] == 12

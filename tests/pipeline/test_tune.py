@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from pipeline.config import DataConfig, JobConfig, RunConfig, SearchConfig, apply_overrides
+from pipeline.report import load_trials, summarize, write_report
+from pipeline.tune import SEARCHED, max_concurrent_trials, paired_points, search_space, trial_config
+
+
+def test_search_space_covers_every_searched_field():
+    space = search_space(JobConfig(search=SearchConfig(lr=(1e-5, 1e-3))))
+    assert set(space) == set(SEARCHED)
+    assert space["optim.lr"].lower == 1e-5 and space["optim.lr"].upper == 1e-3  # log-uniform range
+    assert space["resizer.kind"].categories == ["learned"]  # fixed arms come as paired points
+    optuna = search_space(JobConfig(search=SearchConfig(algorithm="optuna", fixed_arms=("bilinear", "area"))))
+    assert optuna["resizer.kind"].categories == ["learned", "bilinear", "area"]
+
+
+def test_paired_points_differ_only_in_the_resizer():
+    cfg = JobConfig(search=SearchConfig(num_samples=6, fixed_arms=("bilinear", "bicubic_aa")))
+    learned, *fixed = paired_points(cfg)
+    assert learned["resizer.kind"] == "learned" and [p["resizer.kind"] for p in fixed] == ["bilinear", "bicubic_aa"]
+    for point in fixed:
+        assert {k: v for k, v in point.items() if k != "resizer.kind"} == {k: v for k, v in learned.items() if k != "resizer.kind"}
+    assert learned["resizer.num_filters"] == 16 and learned["data.crop_size"] == 768
+    assert 5e-6 <= learned["optim.resizer_lr"] <= 5e-4
+
+
+def test_trial_config_sets_values_and_keeps_the_resize_ratio():
+    cfg = JobConfig(data=DataConfig(resize_size=1020, crop_size=768))
+    trial = trial_config(cfg, {"resizer.num_filters": 32, "data.crop_size": 384, "optim.resizer_lr": 1e-3})
+    assert trial.resizer.num_filters == 32 and trial.optim.resizer_lr == 1e-3
+    assert (trial.data.crop_size, trial.data.resize_size) == (384, 510)
+
+
+def test_concurrency_is_derived_from_the_cluster():
+    cfg = JobConfig(run=RunConfig(num_workers=2, cpus_per_worker=1))
+    assert max_concurrent_trials(cfg, {"CPU": 8}, use_gpu=False) == 2  # driver + 2 workers + 1 read task
+    assert max_concurrent_trials(cfg, {"CPU": 64, "GPU": 16}, use_gpu=True) == 8
+    assert max_concurrent_trials(apply_overrides(cfg, ["search.max_concurrent=3"]), {"CPU": 8}, use_gpu=False) == 3
+
+
+def test_search_config_validation():
+    with pytest.raises(ValueError, match="leaves no learned-resizer trial"):
+        SearchConfig(num_samples=1, fixed_arms=("bilinear",))
+    with pytest.raises(ValueError, match=r"search.lr=\(0.001, 1e-05\) must be \[low, high\]"):
+        SearchConfig(lr=(1e-3, 1e-5))
+
+
+def _fake_search(directory, trials):
+    """A search folder as Tune writes it: trial_<id>/params.json and result.json lines."""
+    (directory / "search_job.json").write_text(json.dumps({"task": "classification", "optim": {"epochs": 4}}))
+    for trial_id, params, curve in trials:
+        folder = directory / f"trial_{trial_id}"
+        folder.mkdir()
+        (folder / "params.json").write_text(json.dumps(params))
+        (folder / "result.json").write_text("".join(json.dumps({"epoch": e + 1, "top1": v}) + "\n" for e, v in enumerate(curve)))
+
+
+def test_report_from_a_search_folder(tmp_path):
+    learned = {"resizer.kind": "learned", "resizer.num_filters": 16, "optim.resizer_lr": 1e-3}
+    _fake_search(
+        tmp_path,
+        [
+            ("a", learned, [0.2, 0.4, 0.6, 0.7]),
+            ("b", {**learned, "resizer.kind": "bilinear"}, [0.2, 0.25]),
+            ("c", {**learned, "resizer.num_filters": 32}, [0.1, 0.2]),
+        ],
+    )
+    summary = write_report(tmp_path)
+    assert summary["best_trial"] == "a" and summary["best_top1"] == 0.7
+    assert summary["best_config"] == learned
+    assert (summary["trial_epochs_run"], summary["trial_epochs_full"]) == (8, 12)
+    assert summary["num_stopped_early"] == 2
+    for name in ("report.html", "curves.png", "hyperparameters.png", "trials.csv", "tune_summary.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    page = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in page and "8 trial-epochs run of 12" in page
+    assert json.loads((tmp_path / "tune_summary.json").read_text())["compute_fraction"] == pytest.approx(8 / 12)
+
+
+def test_report_of_a_folder_without_trials_says_so(tmp_path):
+    with pytest.raises(ValueError, match="no search_job.json"):
+        write_report(tmp_path)
+    (tmp_path / "search_job.json").write_text(json.dumps({"task": "classification", "optim": {"epochs": 4}}))
+    with pytest.raises(ValueError, match="no trial folders"):
+        write_report(tmp_path)
