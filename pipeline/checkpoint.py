@@ -17,6 +17,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ import torch
 DEEPSPEED_TAG = "ds"
 WEIGHTS_FILE = "model.pt"
 HISTORY_FILE = "history.jsonl"
+SAVE_DELAY_ENV = "LEARNED_RESIZER_TEST_SAVE_DELAY_S"
 
 
 def is_uri(path: str) -> bool:
@@ -43,6 +45,8 @@ def save_checkpoint(engine: Any, directory: str, *, client_state: dict[str, Any]
     Must be called on every rank: ZeRO-3 gathers the weights collectively.
     """
     engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state=client_state)
+    # Fault-injection hook for tests/test_fault_tolerance.py: widens the window in which a kill lands mid-save.
+    time.sleep(float(os.environ.get(SAVE_DELAY_ENV, "0")))
     if engine.zero_optimization_stage() == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
     else:
@@ -65,12 +69,31 @@ def load_checkpoint(engine: Any, directory: str) -> dict[str, Any]:
 
 
 def saved_world_size(directory: str) -> int | None:
-    """World size recorded in a checkpoint's consolidated weights file (read without DeepSpeed)."""
+    """World size recorded in a checkpoint's `meta.json` (read without DeepSpeed)."""
     meta_path = os.path.join(directory, "meta.json")
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             return int(json.load(f)["world_size"])
     return None
+
+
+def latest_checkpoint_meta(run_directory: str) -> dict[str, Any] | None:
+    """`meta.json` of the checkpoint a rerun of this run would resume from, or None.
+
+    Ray Train records the latest complete checkpoint in its snapshot only after the upload finished,
+    so a checkpoint interrupted mid-write is never the one resumed from.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(run_directory)
+    snapshot = posixpath.join(path, "checkpoint_manager_snapshot.json")
+    if not fs.exists(snapshot):
+        return None
+    latest = json.loads(fs.cat_file(snapshot)).get("latest_checkpoint_result")
+    if not latest:
+        return None
+    meta = posixpath.join(path, latest["checkpoint_dir_name"], "meta.json")
+    return {"checkpoint": latest["checkpoint_dir_name"], **json.loads(fs.cat_file(meta))} if fs.exists(meta) else None
 
 
 def write_meta(directory: str, meta: dict[str, Any]) -> None:

@@ -134,6 +134,8 @@ class DataConfig:
         batch_size: micro-batch per worker.
         shuffle_buffer: rows in each worker's local shuffle buffer (files are shuffled too).
         strict: stop on the first undecodable sample instead of skipping and counting it.
+        num_classes: classes the recipe expects (checked against the manifest before launch);
+            None takes whatever the shards hold.
         num_cpus_per_read: CPUs Ray Data reserves for each read / decode task.
     """
 
@@ -146,6 +148,7 @@ class DataConfig:
     batch_size: int = 8
     shuffle_buffer: int = 256
     strict: bool = False
+    num_classes: int | None = None
     num_cpus_per_read: float = 1.0
 
     def __post_init__(self) -> None:
@@ -153,6 +156,8 @@ class DataConfig:
         _check_positive("data", "batch_size", self.batch_size)
         _check_positive("data", "shuffle_buffer", self.shuffle_buffer, allow_zero=True)
         _check_positive("data", "num_cpus_per_read", self.num_cpus_per_read)
+        if self.num_classes is not None:
+            _check_positive("data", "num_classes", self.num_classes)
         if self.resize_size is not None and self.resize_size < self.crop_size:
             raise ValueError(
                 f"data.resize_size={self.resize_size} is smaller than data.crop_size="

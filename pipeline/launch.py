@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.checkpoint import is_uri, read_history, run_dir
+from pipeline.checkpoint import is_uri, latest_checkpoint_meta, read_history, run_dir
 from pipeline.config import JobConfig, to_dict
 from pipeline.data import build_dataset, exact_eval_data_config, read_manifest, shard_urls, split_size
 from pipeline.tasks import get_task
@@ -60,9 +60,29 @@ def plan(cfg: JobConfig, *, use_gpu: bool | None = None) -> RunPlan:
     train_urls = shard_urls(cfg.data.path, manifest, cfg.data.train_split)
     eval_urls = shard_urls(cfg.data.path, manifest, cfg.data.eval_split)
     num_train = split_size(manifest, cfg.data.train_split)
+    target = manifest.get("target")
+    if target is not None and target != {"classification": "cls", "quality": "votes"}[cfg.task]:
+        raise ValueError(
+            f"data.path={cfg.data.path!r} holds {manifest.get('dataset')} shards labelled by {target!r}, which "
+            f"task={cfg.task!r} cannot train on; use the job for that dataset or other shards"
+        )
     if cfg.task == "classification" and num_outputs < 2:
         raise ValueError(f"data.path={cfg.data.path!r}: manifest has num_classes={num_outputs}; need at least 2")
+    if cfg.task == "classification" and cfg.data.num_classes is not None and cfg.data.num_classes != num_outputs:
+        raise ValueError(
+            f"data.num_classes={cfg.data.num_classes} but the manifest of data.path={cfg.data.path!r} lists "
+            f"{num_outputs} classes: wrong shards for this recipe? Point --data at the right shards, or "
+            "set data.num_classes=none to train on what the shards hold"
+        )
     steps_per_epoch(num_train, cfg.run.num_workers, cfg.data.batch_size, cfg.optim.grad_accum)
+    check_model_input(cfg, num_outputs)
+    previous = latest_checkpoint_meta(run_dir(cfg.run.storage, cfg.run.name))
+    if previous is not None and previous.get("world_size") not in (None, cfg.run.num_workers):
+        raise ValueError(
+            f"run {cfg.run.name!r} resumes from {previous['checkpoint']}, written by {previous['world_size']} "
+            f"workers with ZeRO-{previous.get('zero_stage')}; a ZeRO checkpoint loads only into the same number of "
+            f"workers. Rerun with --num-workers {previous['world_size']}, or start a new run with another --name"
+        )
 
     resources = _cluster_resources()
     if use_gpu is None:
@@ -100,6 +120,29 @@ def plan(cfg: JobConfig, *, use_gpu: bool | None = None) -> RunPlan:
         num_eval_samples=split_size(manifest, cfg.data.eval_split),
         use_gpu=bool(use_gpu),
     )
+
+
+def check_model_input(cfg: JobConfig, num_outputs: int) -> None:
+    """Runs the model once on the meta device (no memory, no compute) at the configured crop size, so
+    a backbone that cannot take the resizer's output fails here, not on a worker after launch."""
+    import torch
+
+    from pipeline.model import build_model
+
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, checkpoint_path=None)
+    with torch.device("meta"):
+        model = build_model(model_cfg, cfg.resizer, num_outputs)
+        pixels = torch.zeros(1, 3, cfg.data.crop_size, cfg.data.crop_size, dtype=torch.uint8)
+        try:
+            logits = model(pixels)
+        except Exception as err:  # noqa: BLE001 - any failure here is a config the backbone cannot take
+            raise ValueError(
+                f"model.backbone={cfg.model.backbone!r} cannot take a {cfg.data.crop_size}px crop resized to "
+                f"{model.input_size}px ({type(err).__name__}: {err}). Set model.img_size to a size the backbone "
+                "accepts (Swin: a multiple of 32 x window_size / 4 ...), or change data.crop_size"
+            ) from err
+    if tuple(logits.shape) != (1, num_outputs):
+        raise ValueError(f"model.backbone={cfg.model.backbone!r} gives outputs {tuple(logits.shape)}, expected (1, {num_outputs})")
 
 
 def build_trainer(cfg: JobConfig, run_plan: RunPlan, *, callbacks: list | None = None) -> Any:

@@ -225,7 +225,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             valid = tensors["valid"].to(logits.dtype)
             # Undecodable rows stay in the batch as zeros (fixed shapes, lockstep ranks) with no weight.
             loss = (task.loss(logits, tensors) * valid).sum() / valid.sum().clamp(min=1)
-            finite = _all_reduce_sum([float(torch.isfinite(loss))], engine.device)[0] == world_size
+            num_finite, num_skipped = _all_reduce_sum(
+                [float(torch.isfinite(loss)), float(len(skipped) if cfg.data.strict else 0)], engine.device
+            )
+            if num_skipped:
+                stop = _gather(skipped, world_size)
+                message = (
+                    f"data.strict=true: undecodable samples at epoch {epoch}, step {step}: "
+                    f"{[s for ss in stop for s in ss]}. Fix or drop them (python -m data_prep verify), "
+                    "or set data.strict=false to skip and count them"
+                )
+                if is_main:
+                    print(message, flush=True)
+                ray.train.report({"epoch": epoch, "step": step, "error": message})
+                return
+            finite = num_finite == world_size
             if not finite:
                 keys = [str(k) for k in batch["key"]]
                 bad_rank_keys = _gather(keys if not torch.isfinite(loss) else [], world_size)
@@ -271,6 +285,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         merged = {k: np.concatenate([g[0][k] for g in gathered if k in g[0]]) for k in names}
         all_train_skipped = [s for g in gathered for s in g[1]]
         all_eval_skipped = [s for g in gathered for s in g[2]]
+        if cfg.data.strict and (all_train_skipped or all_eval_skipped):  # seen outside the trained steps
+            message = (
+                f"data.strict=true: undecodable samples at epoch {epoch}: {all_train_skipped + all_eval_skipped}. "
+                "Fix or drop them (python -m data_prep verify), or set data.strict=false to skip and count them"
+            )
+            if is_main:
+                print(message, flush=True)
+            ray.train.report({"epoch": epoch, "step": step, "error": message})
+            return
         metrics = {
             "epoch": epoch,
             "step": step,
@@ -306,6 +329,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         save = epoch % cfg.run.checkpoint_every == 0 or epoch == cfg.optim.epochs or is_best
         if save:
+            if is_main:
+                print(f"saving checkpoint of epoch {epoch} (step {step})", flush=True)
             tmp = tempfile.mkdtemp(prefix="ckpt-")
             client_state = {"epoch": epoch, "step": step, "best": best}
             save_checkpoint(
