@@ -56,6 +56,13 @@ def plan(cfg: JobConfig, *, use_gpu: bool | None = None) -> RunPlan:
     """
     manifest = read_manifest(cfg.data.path)
     task = get_task(cfg.task)
+    if manifest.get("target") != task.target:
+        other = {"cls": "classification", "votes": "quality"}.get(manifest.get("target"), "?")
+        raise ValueError(
+            f"data.path={cfg.data.path!r} holds {manifest.get('dataset', '?')} shards with target "
+            f"{manifest.get('target')!r}; task={cfg.task!r} needs target {task.target!r}. Point data.path at "
+            f"{'AVA' if task.target == 'votes' else 'class-labelled (CUB, ImageNet)'} shards, or use task={other!r}"
+        )
     num_outputs = task.num_outputs(manifest)
     train_urls = shard_urls(cfg.data.path, manifest, cfg.data.train_split)
     eval_urls = shard_urls(cfg.data.path, manifest, cfg.data.eval_split)
