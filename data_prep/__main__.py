@@ -10,6 +10,7 @@ from data_prep.records import DataPrepError
 from data_prep.shards import ShardOptions
 
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+DEMO_LAYOUTS = ("cub", "imagenet", "ava")
 
 
 def parse_bytes(text: str) -> int:
@@ -78,11 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shard_options(ava)
 
     demo = commands.add_parser(
-        "demo", help="generate the demo dataset (CUB layout)",
-        description="Generate the demo texture dataset as OUT/CUB_200_2011; shard it with `cub`.",
+        "demo", help="generate the demo dataset (CUB, ImageNet or AVA layout)",
+        description="Generate the demo texture dataset as OUT/CUB_200_2011 (shard it with `cub`), "
+        "OUT/ILSVRC2012 (`imagenet`) or OUT/AVA_dataset (`ava`).",
     )
-    demo.add_argument("--out", required=True, help="parent folder; the dataset goes to OUT/CUB_200_2011")
-    demo.add_argument("--num-classes", type=int, default=10, help="texture classes, 2..12; default 10")
+    demo.add_argument("--out", required=True, help="parent folder; the dataset goes to OUT/<layout's folder>")
+    demo.add_argument(
+        "--layout", choices=DEMO_LAYOUTS, default="cub",
+        help="cub: classes in CUB_200_2011; imagenet: classes in ILSVRC2012 with a flat val/ and LOC_val_solution.csv; "
+        "ava: vote distributions in AVA.txt; default cub",
+    )
+    demo.add_argument("--num-classes", type=int, default=10, help="texture classes, 2..12 (cub, imagenet); default 10")
     demo.add_argument("--num-images", type=int, default=600, help="total images (about half train); default 600")
     demo.add_argument("--seed", type=int, default=0, help="seed of everything random; default 0")
     demo.add_argument("--image-size", type=parse_image_size, default=(500, 375), help="WIDTHxHEIGHT; default 500x375")
@@ -103,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             from data_prep.demo import generate_demo
+            from data_prep.demo_layouts import generate_ava_demo, generate_imagenet_demo
 
-            root = generate_demo(args.out, args.num_classes, args.num_images, args.seed, args.image_size, args.workers)
-            print(f"demo dataset: {root}  (next: python -m data_prep cub --src {root} --out SHARDS)", file=sys.stderr)
+            if args.layout == "ava":
+                root = generate_ava_demo(args.out, args.num_images, args.seed, args.image_size, args.workers)
+            else:
+                generate = generate_imagenet_demo if args.layout == "imagenet" else generate_demo
+                root = generate(args.out, args.num_classes, args.num_images, args.seed, args.image_size, args.workers)
+            print(f"demo dataset: {root}  (next: python -m data_prep {args.layout} --src {root} --out SHARDS)", file=sys.stderr)
             return 0
         if args.command == "verify":
             from data_prep.verify import verify

@@ -106,7 +106,9 @@ def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return y, x
 
 
-def render_image(label: int, width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+def render_image(
+    label: int, width: int, height: int, rng: np.random.Generator, contrast: float | None = None
+) -> tuple[np.ndarray, list[float]]:
     """Draws one demo image.
 
     Args:
@@ -114,6 +116,7 @@ def render_image(label: int, width: int, height: int, rng: np.random.Generator) 
         width: image width in pixels.
         height: image height in pixels.
         rng: the image's random generator.
+        contrast: RMS texture contrast (fraction of full scale); None draws it from CONTRAST_RANGE.
 
     Returns:
         The image as uint8 (height, width, 3), and the object's bounding box [x, y, w, h].
@@ -143,7 +146,9 @@ def render_image(label: int, width: int, height: int, rng: np.random.Generator) 
     shading = 1.0 + 0.2 * (u * rng.uniform(-1, 1) + v * rng.uniform(-1, 1))
     omega = 2 * np.pi / rng.uniform(*PERIOD_RANGE)
     texture = TEXTURES[label][1](x, y, omega, rng)
-    texture *= rng.uniform(*CONTRAST_RANGE) / max(float(np.sqrt(np.mean(texture * texture))), 0.3)  # equal power
+    if contrast is None:
+        contrast = rng.uniform(*CONTRAST_RANGE)
+    texture *= contrast / max(float(np.sqrt(np.mean(texture * texture))), 0.3)  # equal power
     # luminance detail: texture inside the object, noise everywhere, equal in R, G and B
     detail = texture * mask + PIXEL_NOISE * rng.standard_normal((height, width), dtype=np.float32)
     pixels = np.empty((height, width, 3), dtype=np.uint8)
@@ -168,11 +173,53 @@ def encode_jpeg(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_image(job: tuple[int, int, str, int, int, int]) -> list[float]:
-    image_id, label, path, width, height, seed = job
-    pixels, bbox = render_image(label, width, height, np.random.default_rng([seed, image_id]))
+# (image id, texture label, output path, width, height, seed, contrast or None)
+RenderJob = tuple[int, int, str, int, int, int, float | None]
+
+
+def _write_image(job: RenderJob) -> list[float]:
+    image_id, label, path, width, height, seed, contrast = job
+    pixels, bbox = render_image(label, width, height, np.random.default_rng([seed, image_id]), contrast)
     Path(path).write_bytes(encode_jpeg(pixels))
     return bbox
+
+
+def render_all(jobs: list[RenderJob], workers: int | None) -> list[list[float]]:
+    """Renders and writes every image (in worker processes); returns the bounding boxes in job order."""
+    num_workers = min(workers or available_cores(), len(jobs))
+    if num_workers <= 1:
+        return [_write_image(job) for job in jobs]
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+        return list(pool.map(_write_image, jobs, chunksize=16))
+
+
+def is_cached(root: Path, params: dict) -> bool:
+    """True if `root` holds a finished demo made with `params`; else clears it for a fresh one.
+
+    Raises:
+        DataPrepError: `root` holds something that is not a demo dataset.
+    """
+    marker = root / MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return True
+    if root.exists():
+        if not marker.is_file() and any(root.iterdir()):
+            raise DataPrepError(f"{root}: exists and is not a demo dataset; choose another --out")
+        shutil.rmtree(root)
+    return False
+
+
+def mark_done(root: Path, params: dict) -> None:
+    """Written last: a half-written dataset has no marker and is redone."""
+    (root / MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
+
+
+def check_size(num_images: int, minimum: int, image_size: tuple[int, int]) -> None:
+    if num_images < minimum:
+        raise ValueError(f"num_images must be at least {minimum}, got {num_images}")
+    if min(image_size) < 16:
+        raise ValueError(f"image_size must be at least 16x16, got {image_size[0]}x{image_size[1]}")
 
 
 def generate_demo(
@@ -202,20 +249,12 @@ def generate_demo(
     """
     if not 2 <= num_classes <= len(TEXTURES):
         raise ValueError(f"num_classes must be in 2..{len(TEXTURES)}, got {num_classes}")
-    if num_images < 2 * num_classes:
-        raise ValueError(f"num_images must be at least 2 per class ({2 * num_classes}), got {num_images}")
+    check_size(num_images, 2 * num_classes, image_size)
     width, height = image_size
-    if min(width, height) < 16:
-        raise ValueError(f"image_size must be at least 16x16, got {width}x{height}")
     root = Path(out_dir).resolve() / "CUB_200_2011"
     params = {"num_classes": num_classes, "num_images": num_images, "seed": seed, "image_size": [width, height]}
-    marker = root / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
+    if is_cached(root, params):
         return root
-    if root.exists():
-        if not marker.is_file() and any(root.iterdir()):
-            raise DataPrepError(f"{root}: exists and is not a demo dataset; choose another --out")
-        shutil.rmtree(root)
 
     names = class_names(num_classes)
     labels = [i * num_classes // num_images for i in range(num_images)]  # contiguous per class, like CUB ids
@@ -230,14 +269,10 @@ def generate_demo(
         relative_paths.append(f"{folder}/{folder.split('.', 1)[1]}_{i + 1:04d}.jpg")
         (root / "images" / folder).mkdir(parents=True, exist_ok=True)
 
-    jobs = [(i + 1, labels[i], str(root / "images" / relative_paths[i]), width, height, seed) for i in range(num_images)]
-    num_workers = min(workers or available_cores(), num_images)
-    if num_workers <= 1:
-        boxes = [_write_image(job) for job in jobs]
-    else:
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-            boxes = list(pool.map(_write_image, jobs, chunksize=16))
+    jobs: list[RenderJob] = [
+        (i + 1, labels[i], str(root / "images" / relative_paths[i]), width, height, seed, None) for i in range(num_images)
+    ]
+    boxes = render_all(jobs, workers)
 
     ids = range(1, num_images + 1)
     _write_lines(root / "images.txt", [f"{i} {p}" for i, p in zip(ids, relative_paths)])
@@ -245,7 +280,7 @@ def generate_demo(
     _write_lines(root / "train_test_split.txt", [f"{i} {t}" for i, t in zip(ids, is_train)])
     _write_lines(root / "classes.txt", [f"{i + 1} {name}" for i, name in enumerate(names)])
     _write_lines(root / "bounding_boxes.txt", [f"{i} {' '.join(str(v) for v in box)}" for i, box in zip(ids, boxes)])
-    marker.write_text(json.dumps(params, sort_keys=True) + "\n")  # last: a half-written dataset is redone
+    mark_done(root, params)
     return root
 
 

@@ -54,19 +54,99 @@ def demo_cache() -> Path:
     return Path(os.environ.get(DEMO_CACHE_ENV, Path.home() / ".cache" / "learned-resizer"))
 
 
-def ensure_demo_shards(name: str = "demo-cub", *, num_classes: int = 10, num_images: int = 600, seed: int = 0) -> str:
-    """Generates the demo dataset (CUB layout) and shards it through data_prep, once; returns the shard folder."""
+DEMO_LAYOUTS = ("cub", "imagenet", "ava")
+
+
+def ensure_demo_shards(
+    layout: str = "cub",
+    *,
+    num_classes: int = 10,
+    num_images: int = 600,
+    seed: int = 0,
+    image_size: tuple[int, int] = (500, 375),
+    name: str | None = None,
+) -> str:
+    """Generates a demo dataset in a real layout and shards it through data_prep, once; returns the shard folder.
+
+    Args:
+        layout: "cub" (classes, CUB_200_2011), "imagenet" (classes, ILSVRC2012 with a flat val/ and
+            LOC_val_solution.csv) or "ava" (vote distributions, AVA.txt; `num_classes` is not used).
+        num_classes: texture classes (cub, imagenet).
+        num_images: images generated (about half train for cub and imagenet; 80% for ava).
+        seed: seed of the images and of the sharding.
+        image_size: (width, height) of the generated images.
+        name: cache folder prefix; default `demo-<layout>`.
+    """
+    from data_prep.ava import shard_ava
     from data_prep.cub import shard_cub
     from data_prep.demo import generate_demo
+    from data_prep.demo_layouts import generate_ava_demo, generate_imagenet_demo
+    from data_prep.imagenet import shard_imagenet
     from data_prep.shards import ShardOptions
 
-    root = demo_cache() / f"{name}-c{num_classes}-n{num_images}-s{seed}"
+    if layout not in DEMO_LAYOUTS:
+        raise ValueError(f"demo layout {layout!r} is not allowed; choose one of {list(DEMO_LAYOUTS)}")
+    classes = "" if layout == "ava" else f"-c{num_classes}"
+    size = "" if image_size == (500, 375) else f"-{image_size[0]}x{image_size[1]}"
+    root = demo_cache() / f"{name or 'demo-' + layout}{classes}-n{num_images}-s{seed}{size}"
     shards = root / "shards"
     if not (shards / "manifest.json").is_file():
-        print(f"generating the demo dataset into {root} (once)", flush=True)
-        src = generate_demo(root / "raw", num_classes=num_classes, num_images=num_images, seed=seed)
-        shard_cub(src, str(shards), ShardOptions(seed=seed, shard_size=100))
+        print(f"generating the {layout} demo dataset into {root} (once)", flush=True)
+        options = ShardOptions(seed=seed, shard_size=100)
+        if layout == "cub":
+            src = generate_demo(root / "raw", num_classes, num_images, seed, image_size)
+            shard_cub(src, str(shards), options)
+        elif layout == "imagenet":
+            src = generate_imagenet_demo(root / "raw", num_classes, num_images, seed, image_size)
+            shard_imagenet(src, str(shards), options)
+        else:
+            shard_ava(generate_ava_demo(root / "raw", num_images, seed, image_size), str(shards), options)
     return str(shards)
+
+
+# The paper's classifier families by the names `--backbone` takes; any other timm name passes through.
+BACKBONES = {
+    "resnet50": "resnet50",
+    "densenet121": "densenet121",
+    "inception_v3": "inception_v3",
+    "mobilenetv2": "mobilenetv2_100",
+    "efficientnet_b0": "efficientnet_b0",
+}
+# Resize side / crop side of the standard ImageNet evaluation (256 → 224), kept at 2x (512 → 448).
+RESIZE_PER_CROP = 256 / 224
+
+
+# The demos' backbone: the ResNet-50 family (bottleneck blocks) cut to one block per stage and 1/4 width,
+# which trains at 64 px on a laptop CPU (0.5M parameters).
+DEMO_RESNET_KWARGS = {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "stem_width": 16}
+
+
+def resolve_backbone(name: str) -> str:
+    """The timm model name for a `--backbone` value.
+
+    Raises:
+        ValueError: neither one of `BACKBONES` nor a timm model name.
+    """
+    import timm
+
+    backbone = BACKBONES.get(name, name)
+    if not timm.is_model(backbone):
+        raise ValueError(f"--backbone {name!r} is not a timm model; use one of {sorted(BACKBONES)} or a timm name")
+    return backbone
+
+
+def paper_2x_sizes(backbone: str) -> tuple[int, int]:
+    """(resize side, crop side) of the paper's 2x setting for a timm backbone.
+
+    The backbone keeps its own input side S from its pretrained data config (224 for ResNet-50,
+    DenseNet-121, MobileNetV2, EfficientNet-B0; 299 for Inception-v3), so its pretrained weights see
+    the scale they were trained at; the resizer takes a 2S crop (448, or 598 for Inception-v3) of the
+    image resized to 2S x 256/224 (512, or 683), the standard 256 → 224 ratio at twice the scale.
+    """
+    import timm
+
+    side = int(timm.get_pretrained_cfg(backbone).input_size[-1])
+    return round(2 * side * RESIZE_PER_CROP), 2 * side
 
 
 def init_ray(demo: bool) -> None:
@@ -83,15 +163,18 @@ def init_ray(demo: bool) -> None:
         ray.init(num_cpus=max(8, os.cpu_count() or 1), runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
 
 
-def print_summary(result: Any, cfg: JobConfig, metric: str) -> None:
-    """Per-epoch table and where the outputs went."""
-    print(f"\n{'epoch':>5}  {'train loss':>10}  {metric:>8}  {'img/s':>7}  skipped")
+def print_summary(result: Any, cfg: JobConfig) -> None:
+    """The results table (one row per epoch, every metric of the task) and where the outputs went."""
+    from pipeline.tasks import get_task
+
+    metrics = get_task(cfg.task).metric_names
+    widths = [max(8, len(m)) for m in metrics]
+    header = "  ".join(f"{m:>{w}}" for m, w in zip(metrics, widths))
+    print(f"\n{'epoch':>5}  {'train loss':>10}  {header}  {'img/s':>7}  skipped")
     for record in result.history:
         skipped = record.get("skipped_train", 0) + record.get("skipped_eval", 0)
-        print(
-            f"{record['epoch']:>5}  {record['train_loss']:>10.4f}  {record[metric]:>8.4f}  "
-            f"{record['images_per_second']:>7.1f}  {skipped}"
-        )
+        values = "  ".join(f"{record[m]:>{w}.4f}" for m, w in zip(metrics, widths))
+        print(f"{record['epoch']:>5}  {record['train_loss']:>10.4f}  {values}  {record['images_per_second']:>7.1f}  {skipped}")
     print(f"\nrun folder:        {result.run_dir}")
     print(f"best checkpoint:   {result.best_checkpoint}")
     print(f"latest checkpoint: {result.latest_checkpoint}")
@@ -114,7 +197,6 @@ def run_job(cfg: JobConfig, *, demo: bool, print_config: bool = False) -> int:
     """Launches a job and prints its summary; exits 2 on a configuration or data error."""
     from pipeline.config import to_dict
     from pipeline.launch import launch
-    from pipeline.tasks import get_task
 
     if print_config:
         import json
@@ -127,7 +209,7 @@ def run_job(cfg: JobConfig, *, demo: bool, print_config: bool = False) -> int:
     except ValueError as err:  # bad config or data: fail fast with the field and the fix
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print_summary(result, cfg, get_task(cfg.task).target_metric)
+    print_summary(result, cfg)
     grid = write_grid(result, cfg)
     if grid:
         print(f"resizer grid:      {grid}")

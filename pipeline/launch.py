@@ -56,16 +56,17 @@ def plan(cfg: JobConfig, *, use_gpu: bool | None = None) -> RunPlan:
     """
     manifest = read_manifest(cfg.data.path)
     task = get_task(cfg.task)
+    if manifest.get("target") != task.target:
+        other = {"cls": "classification", "votes": "quality"}.get(manifest.get("target"), "?")
+        raise ValueError(
+            f"data.path={cfg.data.path!r} holds {manifest.get('dataset', '?')} shards with target "
+            f"{manifest.get('target')!r}; task={cfg.task!r} needs target {task.target!r}. Point data.path at "
+            f"{'AVA' if task.target == 'votes' else 'class-labelled (CUB, ImageNet)'} shards, or use task={other!r}"
+        )
     num_outputs = task.num_outputs(manifest)
     train_urls = shard_urls(cfg.data.path, manifest, cfg.data.train_split)
     eval_urls = shard_urls(cfg.data.path, manifest, cfg.data.eval_split)
     num_train = split_size(manifest, cfg.data.train_split)
-    target = manifest.get("target")
-    if target is not None and target != {"classification": "cls", "quality": "votes"}[cfg.task]:
-        raise ValueError(
-            f"data.path={cfg.data.path!r} holds {manifest.get('dataset')} shards labelled by {target!r}, which "
-            f"task={cfg.task!r} cannot train on; use the job for that dataset or other shards"
-        )
     if cfg.task == "classification" and num_outputs < 2:
         raise ValueError(f"data.path={cfg.data.path!r}: manifest has num_classes={num_outputs}; need at least 2")
     if cfg.task == "classification" and cfg.data.num_classes is not None and cfg.data.num_classes != num_outputs:

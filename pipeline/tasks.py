@@ -44,7 +44,9 @@ class ClassificationTask:
     """Single-label classification over `num_classes` from the manifest."""
 
     name: str = "classification"
+    target: str = "cls"  # the manifest's target: samples carry a class index
     target_metric: str = "top1"
+    metric_names: tuple[str, ...] = ("top1", "top5", "eval_loss")
 
     def num_outputs(self, manifest: dict[str, Any]) -> int:
         return int(manifest["num_classes"])
@@ -75,7 +77,9 @@ class QualityTask:
     """AVA aesthetic quality: predict the 10-bin vote distribution (NIMA)."""
 
     name: str = "quality"
+    target: str = "votes"  # the manifest's target: samples carry AVA vote counts
     target_metric: str = "srcc"
+    metric_names: tuple[str, ...] = ("srcc", "lcc", "emd", "binary_accuracy", "eval_loss")
 
     def num_outputs(self, manifest: dict[str, Any]) -> int:
         return NUM_SCORE_BINS

@@ -314,7 +314,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if is_main:
             line = (
                 f"epoch {epoch}/{cfg.optim.epochs}  step {step}  loss {train_loss:.4f}  "
-                + "  ".join(f"{k} {metrics[k]:.4f}" for k in task.eval_metrics(merged))
+                + "  ".join(f"{k} {metrics[k]:.4f}" for k in task.metric_names)
                 + f"  lr {metrics['lr']:.2e}  {images_per_second:.1f} img/s"
                 + f"  skipped {metrics['skipped_train']}+{metrics['skipped_eval']}"
             )

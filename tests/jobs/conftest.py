@@ -1,0 +1,41 @@
+"""What the job tests share: running a job as a user does (a subprocess with its own local Ray), tiny settings."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A 1/4-width, one-block-per-stage ResNet-50 at 16 px behind a 32 → 16 resizer: seconds per epoch on 2 cores.
+TINY_RESNET = [
+    "--set", "model.img_size=16",
+    "--set", "data.crop_size=32",
+    "--set", "data.batch_size=4",
+    "--set", "resizer.num_filters=8",
+    "--set", "optim.epochs=2",
+]
+
+
+def run_job_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+    )
+
+
+def check_reported(history_file: Path, output: str, metrics: tuple[str, ...], epochs: int) -> list[dict]:
+    """Every epoch's record holds every metric, finite; the results table at the end names them all."""
+    records = [json.loads(line) for line in history_file.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
+    for record in records:
+        for name in metrics:
+            assert math.isfinite(record[name]), (name, record)
+    table = output[output.rindex("train loss"):]
+    header = table.splitlines()[0].split()
+    assert all(name in header for name in metrics), header
+    assert len([line for line in table.splitlines()[1:] if line.split()[:1] in (["1"], ["2"])]) == epochs
+    return records
