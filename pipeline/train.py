@@ -120,6 +120,25 @@ def _gather(obj: Any, world_size: int) -> list[Any]:
     return gathered
 
 
+def _strict_message(epoch: int, skipped: list[tuple[str, str]]) -> str:
+    return (
+        f"data.strict=true: undecodable samples at epoch {epoch}: {skipped}. Fix or drop them "
+        "(python -m data_prep verify), or set data.strict=false to skip and count them"
+    )
+
+
+def _stop_run(message: str, *, epoch: int, step: int, is_main: bool) -> None:
+    """Ends the run on every rank without a retry: a deterministic failure would only fail again.
+
+    The driver raises `message` (see `pipeline.launch.launch`).
+    """
+    import ray.train
+
+    if is_main:
+        print(message, flush=True)
+    ray.train.report({"epoch": epoch, "step": step, "error": message})
+
+
 def setup_model_and_engine(cfg: JobConfig, num_outputs: int, world_size: int, total_steps: int, warmup_steps: int):
     """Model, AdamW with no-decay groups, warm-up + cosine, wrapped by DeepSpeed."""
     import deepspeed
@@ -230,14 +249,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             if num_skipped:
                 stop = _gather(skipped, world_size)
-                message = (
-                    f"data.strict=true: undecodable samples at epoch {epoch}, step {step}: "
-                    f"{[s for ss in stop for s in ss]}. Fix or drop them (python -m data_prep verify), "
-                    "or set data.strict=false to skip and count them"
-                )
-                if is_main:
-                    print(message, flush=True)
-                ray.train.report({"epoch": epoch, "step": step, "error": message})
+                _stop_run(_strict_message(epoch, [s for ss in stop for s in ss]), epoch=epoch, step=step, is_main=is_main)
                 return
             finite = num_finite == world_size
             if not finite:
@@ -248,9 +260,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     f"batch keys: {[k for ks in bad_rank_keys for k in ks]}. Lower optim.lr, check the data, "
                     "or use deepspeed.precision=bf16/fp32"
                 )
-                if is_main:
-                    print(message, flush=True)
-                ray.train.report({"epoch": epoch, "step": step, "error": message})
+                _stop_run(message, epoch=epoch, step=step, is_main=is_main)
                 return
             engine.backward(loss)
             engine.step()  # steps optimizer and scheduler at accumulation boundaries
@@ -286,13 +296,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         all_train_skipped = [s for g in gathered for s in g[1]]
         all_eval_skipped = [s for g in gathered for s in g[2]]
         if cfg.data.strict and (all_train_skipped or all_eval_skipped):  # seen outside the trained steps
-            message = (
-                f"data.strict=true: undecodable samples at epoch {epoch}: {all_train_skipped + all_eval_skipped}. "
-                "Fix or drop them (python -m data_prep verify), or set data.strict=false to skip and count them"
-            )
-            if is_main:
-                print(message, flush=True)
-            ray.train.report({"epoch": epoch, "step": step, "error": message})
+            _stop_run(_strict_message(epoch, all_train_skipped + all_eval_skipped), epoch=epoch, step=step, is_main=is_main)
             return
         metrics = {
             "epoch": epoch,
