@@ -4,6 +4,7 @@
     flock /tmp/ray-tests.lock python -m bench --quick          # smaller settings, a few minutes
     python -m bench --only decode,train_step --out-dir /tmp/b   # a selection (no Ray without data_path)
     python -m bench --tune-report outputs/tune/asha_report.json # include ASHA's saved compute
+    python -m bench --only data_path --update                 # rerun one, keep the other rows of results.json
 
 Each row compares a figure with its limit or baseline measured side by side in the same run.
 """
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Row, machine  # noqa: E402
 
-BENCHMARKS = ("data_path", "decode", "train_step", "zero_memory", "asha")
+BENCHMARKS = ("data_path", "decode", "train_step", "zero_memory", "asha")  # numbered 1-5 in the table
 NOT_MEASURED_ASHA = "not measured (run jobs/tune_cub_resizer.py --demo first)"
 
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument("--tune-report", default=None, help="JSON written by the Tune report (benchmark 5)")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent), help="where results.md/json go")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows and figures of benchmarks not selected from the existing results.json")
     parser.add_argument("--workdir", default=None, help="cache of demo images and shards (default: a temp folder)")
     args = parser.parse_args(argv)
     selected = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -76,7 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown {unknown}; choose from {list(BENCHMARKS)}")
 
-    results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "benchmarks": {}, "rows": [], "seconds": {}}
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "benchmarks": {}, "rows": [], "seconds": {},
+                               "dates": {}}
+    out_dir = Path(args.out_dir)
+    if args.update and (out_dir / "results.json").is_file():
+        previous = json.loads((out_dir / "results.json").read_text())
+        kept = [name for name in previous["benchmarks"] if name not in selected]
+        numbers = {str(BENCHMARKS.index(name) + 1) for name in kept}
+        results["rows"] = [row for row in previous["rows"] if row["benchmark"].split()[0] in numbers]
+        for key in ("benchmarks", "seconds", "dates"):
+            results[key] = {name: previous.get(key, {}).get(name) for name in kept}
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -99,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             results["benchmarks"][name] = out["figures"]
             results["rows"] += out["rows"]
             results["seconds"][name] = round(time.perf_counter() - started, 1)
+            results["dates"][name] = results["machine"]["date"]
+    results["rows"].sort(key=lambda row: row["benchmark"].split()[0])  # stable: keeps each benchmark's order
     for row in results["rows"]:
         if row["ratio"] is not None and not (math.isfinite(row["ratio"]) and row["ratio"] > 0):
             raise RuntimeError(f"{row['benchmark']}: ratio {row['ratio']} is not a finite positive number")
-    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     table = markdown(results)
