@@ -7,7 +7,13 @@ random uint8 batches, side by side in one process.
     python bench/bench_train_step.py              # CPU: ResNet-50 448→224 and a small Swin, learned vs bilinear
     python bench/bench_train_step.py --gpu        # one GPU: Swin-L 768→384, batch 8, bf16, ZeRO-2 (+ checkpointing)
 
-Prints a table and writes JSON (`--out`).
+Prints a table and writes JSON (`--out`). `run()` (used by `python -m bench`) measures the CPU pairs in one
+process with their steps interleaved, compares the step-time ratio with the forward-FLOPs ratio
+(`torch.utils.flop_counter.FlopCounterMode`), and reports the GPU figures stored in
+`bench/results/train_step_h100.json` beside them.
+
+Target: the learned resizer's time overhead is no worse than its FLOPs overhead plus 10 points,
+(t_learned / t_bilinear - 1) <= (F_learned / F_bilinear - 1) + 0.10.
 """
 
 from __future__ import annotations
@@ -89,6 +95,92 @@ def measure(cfg: JobConfig, *, device: torch.device, num_outputs: int, warmup: i
     }
     del engine
     return result
+
+
+def forward_flops(cfg: JobConfig, num_outputs: int = 200) -> int:
+    """FLOPs of one image's forward pass (resizer + backbone), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.model import build_model
+
+    model = build_model(cfg.model, cfg.resizer, num_outputs).eval()
+    pixels = torch.randint(0, 256, (1, 3, cfg.data.crop_size, cfg.data.crop_size), dtype=torch.uint8)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(pixels)
+    return counter.get_total_flops()
+
+
+def interleaved_step_times(pair: list[JobConfig], *, warmup: int, steps: int, num_outputs: int = 200) -> list[float]:
+    """Median step seconds of each config, both engines in one process, one step of each in turn.
+
+    Interleaving makes the load of other processes on shared cores hit both variants alike.
+    """
+    from pipeline.train import setup_model_and_engine
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    init_single_process("gloo")
+    torch.manual_seed(0)
+    engines = [setup_model_and_engine(cfg, num_outputs, 1, total_steps=1000, warmup_steps=10) for cfg in pair]
+    batch = pair[0].data.batch_size
+    pixels = torch.randint(0, 256, (batch, 3, pair[0].data.crop_size, pair[0].data.crop_size), dtype=torch.uint8)
+    labels = torch.randint(0, num_outputs, (batch,))
+    times: list[list[float]] = [[] for _ in pair]
+    for index in range(warmup + steps):
+        for engine, out in zip(engines, times):
+            started = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(engine(pixels).float(), labels)
+            engine.backward(loss)
+            engine.step()
+            if index >= warmup:
+                out.append(time.perf_counter() - started)
+    return [float(sorted(t)[len(t) // 2]) for t in times]
+
+
+def overhead_row(name: str, time_ratio: float, flops_ratio: float, time_text: str) -> "Row":
+    from bench.common import Row
+
+    time_over, flops_over = time_ratio - 1.0, flops_ratio - 1.0
+    return Row(f"3 resizer cost, {name}", f"learned step {time_text}: {time_over * 100:+.1f}% time",
+               f"FLOPs ratio {flops_ratio:.3f}: {flops_over * 100:+.1f}% FLOPs", time_ratio,
+               "time overhead <= FLOPs overhead + 10 pts", time_over <= flops_over + 0.10)
+
+
+GPU_RESULTS = Path(__file__).resolve().parent / "results" / "train_step_h100.json"
+
+
+def run(*, quick: bool = False) -> dict[str, Any]:
+    """CPU pairs measured now, interleaved; the stored GPU figures against Swin-L's FLOPs ratio."""
+    warmup, steps = (1, 2) if quick else (1, 5)
+    configs = cpu_configs()
+    rows, figures = [], {"warmup": warmup, "steps": steps, "cpu": [], "gpu": None}
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    for learned, bilinear in zip(configs[0::2], configs[1::2]):
+        name = f"{learned.model.backbone} {learned.data.crop_size}→{learned.model.img_size or 224}, CPU fp32, batch {learned.data.batch_size}"
+        flops = [forward_flops(cfg) for cfg in (learned, bilinear)]
+        seconds = interleaved_step_times([learned, bilinear], warmup=warmup, steps=steps)
+        time_ratio, flops_ratio = seconds[0] / seconds[1], flops[0] / flops[1]
+        figures["cpu"].append({"setting": name, "step_ms": {"learned": seconds[0] * 1000, "bilinear": seconds[1] * 1000},
+                               "forward_gflops": {"learned": flops[0] / 1e9, "bilinear": flops[1] / 1e9},
+                               "time_ratio": time_ratio, "flops_ratio": flops_ratio})
+        print(f"resizer cost, {name}: step {seconds[0] * 1000:.0f} vs {seconds[1] * 1000:.0f} ms = {time_ratio:.3f}x; "
+              f"forward {flops[0] / 1e9:.2f} vs {flops[1] / 1e9:.2f} GFLOPs = {flops_ratio:.3f}x")
+        rows.append(overhead_row(name, time_ratio, flops_ratio, f"{seconds[0] * 1000:.0f} vs {seconds[1] * 1000:.0f} ms"))
+    if GPU_RESULTS.is_file():
+        stored = json.loads(GPU_RESULTS.read_text())
+        by_kind = {(r["resizer"], r["grad_checkpointing"]): r for r in stored["results"]}
+        learned_ms, bilinear_ms = by_kind[("learned", True)]["step_ms"], by_kind[("bilinear", True)]["step_ms"]
+        gpu_pair = [dataclasses.replace(c, model=dataclasses.replace(c.model, grad_checkpointing=False)) for c in gpu_configs()[:2]]
+        flops = [forward_flops(cfg) for cfg in gpu_pair] if not quick else [None, None]
+        flops_ratio = flops[0] / flops[1] if not quick else 1 + 2.90 / 104  # BRIEF.md: 2.90 of 104 GMACs
+        name = f"Swin-L 768→384, {stored['device']}, bf16 ZeRO-2, batch 8 (stored {stored['date'][:10]})"
+        figures["gpu"] = {"setting": name, "step_ms": {"learned": learned_ms, "bilinear": bilinear_ms},
+                          "forward_gflops": None if quick else {"learned": flops[0] / 1e9, "bilinear": flops[1] / 1e9},
+                          "time_ratio": learned_ms / bilinear_ms, "flops_ratio": flops_ratio}
+        print(f"resizer cost, {name}: {learned_ms:.0f} vs {bilinear_ms:.0f} ms = {learned_ms / bilinear_ms:.3f}x; "
+              f"FLOPs ratio {flops_ratio:.3f}x")
+        rows.append(overhead_row(name, learned_ms / bilinear_ms, flops_ratio, f"{learned_ms:.0f} vs {bilinear_ms:.0f} ms"))
+    return {"figures": figures, "rows": [r.to_dict() for r in rows]}
 
 
 def variants(base: JobConfig, with_no_checkpointing: bool) -> list[JobConfig]:
