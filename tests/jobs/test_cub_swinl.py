@@ -1,14 +1,11 @@
 """The headline job as a user runs it: a subprocess, its own local Ray, real shards."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.jobs.conftest import run_job_script
+
 TINY = [
     "--set", "model.img_size=16",
     "--set", 'model.backbone_kwargs={"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2}',
@@ -18,12 +15,8 @@ TINY = [
 ]
 
 
-def run_job(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "cub_swinl.py"), *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
-    )
+def run_job(*args: str, timeout: int = 600):
+    return run_job_script("cub_swinl.py", *args, timeout=timeout)
 
 
 def test_print_config_shows_the_reference_recipe():
