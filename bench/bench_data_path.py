@@ -10,7 +10,7 @@ the same data_prep shards of demo images at CUB size (500x375), on the same core
 - dataloader_tar: a torch DataLoader (one worker per core) over an IterableDataset of the same tar shards.
 - dataloader_folder: a torch DataLoader (one worker per core) over the folder of the same JPEGs.
 
-    python bench/bench_data_path.py [--quick]     # starts Ray: wrap in `flock /tmp/ray-tests.lock`
+    python bench/bench_data_path.py [--quick]     # starts a local Ray
 """
 
 from __future__ import annotations

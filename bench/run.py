@@ -1,7 +1,7 @@
 """Runs every benchmark and writes bench/results.md (the table) and bench/results.json (figures, machine, date).
 
-    flock /tmp/ray-tests.lock python -m bench                  # all, a few tens of minutes on 2 cores
-    flock /tmp/ray-tests.lock python -m bench --quick          # smaller settings, a few minutes
+    python -m bench                  # all, a few tens of minutes on 2 cores
+    python -m bench --quick          # smaller settings, a few minutes
     python -m bench --only decode,train_step --out-dir /tmp/b   # a selection (no Ray without data_path)
     python -m bench --tune-report outputs/tune/asha_report.json # include ASHA's saved compute
     python -m bench --only data_path --update                 # rerun one, keep the other rows of results.json
