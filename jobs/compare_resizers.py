@@ -29,7 +29,8 @@ Report on demand (also while it runs):
 
     python -m pipeline.compare outputs/compare_resizers
 
-Laptop (2 CPU cores, ~12 min): 4 arms x 3 seeds on the demo dataset:
+Laptop (2 CPU cores, 16 min measured while shared with other jobs): 4 arms x 3 seeds on the demo dataset;
+learned top-1 0.39 ± 0.02 vs bilinear 0.10 ± 0.02 (chance 0.10), see README:
 
     python jobs/compare_resizers.py --demo
 """
