@@ -346,6 +346,54 @@ class SearchConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CompareConfig:
+    """Side-by-side comparison of resizers (used by `pipeline.tune.run_comparison` only).
+
+    Every arm trains with the job's config, changing only the resizer (and, for the full-resolution
+    arm, the backbone's input size), over the same seeds: same backbone, data, budget and init.
+
+    Attributes:
+        learned: (n, r) of each learned-resizer arm (num_filters, num_res_blocks); the job's other
+            resizer settings apply. The paper's default is ((16, 1),).
+        fixed_arms: fixed resizers trained as arms ("area" is antialiased area averaging).
+        baseline: the arm every other arm is compared with, paired by seed; one of fixed_arms.
+        seeds: run.seed of each repetition (model init, augmentation, file order); every arm runs
+            every seed.
+        full_res: add the backbone at the full input resolution (model.img_size = data.crop_size,
+            no downscale) as an upper reference; costly at 768 px.
+        confidence: level of the t-intervals in the report.
+        max_concurrent: trials at once; None derives it from the cluster's CPUs/GPUs.
+    """
+
+    learned: tuple[tuple[int, int], ...] = ((16, 1),)
+    fixed_arms: tuple[ResizerKind, ...] = ("bilinear", "bicubic", "area")
+    baseline: ResizerKind = "bilinear"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    full_res: bool = False
+    confidence: float = 0.95
+    max_concurrent: int | None = None
+
+    def __post_init__(self) -> None:
+        for arm in self.fixed_arms:
+            _check_literal("compare", "fixed_arms", arm, FIXED_RESIZER_KINDS)
+        if self.baseline not in self.fixed_arms:
+            raise ValueError(
+                f"compare.baseline={self.baseline!r} must be one of compare.fixed_arms={list(self.fixed_arms)}"
+            )
+        for n, r in self.learned:
+            if n <= 0 or r < 0:
+                raise ValueError(f"compare.learned has (n={n}, r={r}); need n > 0 and r >= 0")
+        if len(set(self.learned)) != len(self.learned) or len(set(self.fixed_arms)) != len(self.fixed_arms):
+            raise ValueError(f"compare: an arm is listed twice in {list(self.learned)} / {list(self.fixed_arms)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"compare.seeds={list(self.seeds)} must be distinct seeds, at least one")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"compare.confidence={self.confidence} must be in (0, 1), e.g. 0.95")
+        if self.max_concurrent is not None:
+            _check_positive("compare", "max_concurrent", self.max_concurrent)
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobConfig:
     """One training job: the whole tree that crosses the Ray boundary as `to_dict(cfg)`.
 
@@ -358,6 +406,7 @@ class JobConfig:
         deepspeed: DeepSpeed engine options.
         run: naming, storage, scaling.
         search: Ray Tune search space and scheduler (Tune jobs only).
+        compare: arms and seeds of a resizer comparison (comparison jobs only).
     """
 
     task: Task = "classification"
@@ -368,6 +417,7 @@ class JobConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:
         _check_literals(self, "job")

@@ -5,6 +5,7 @@
 
 Columns: the resizer's input (the evaluation crop), the fixed resizer's output, the learned
 resizer's output, and the learned minus the fixed output (what the network adds), amplified.
+`resizer_columns_grid` draws any number of resizers side by side (`pipeline.compare` uses it).
 """
 
 from __future__ import annotations
@@ -63,41 +64,70 @@ def sample_images(cfg: JobConfig, *, data: str | None, split: str, images: list[
     return out
 
 
-def resizer_grid(model: ResizerModel, crops: list[np.ndarray], path: str | Path, *, fixed_kind: str = "bilinear") -> Path:
-    """Writes the PNG grid; returns its path."""
-    import matplotlib
+def resizer_columns_grid(
+    model: ResizerModel,
+    crops: list[np.ndarray],
+    columns: list[tuple[str, torch.nn.Module]],
+    path: str | Path,
+    *,
+    difference_to: str | None = None,
+) -> Path:
+    """Writes a PNG grid: the input crops, then each resizer's output, one column per resizer.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        model: gives the normalization the resizers work in (the backbone's mean/std).
+        crops: uint8 (3, crop, crop) evaluation crops, one row each.
+        columns: (title, resizer) pairs; a resizer maps normalized (B, 3, crop, crop) to any size.
+        path: the PNG to write.
+        difference_to: a column whose title starts with this name is the reference: each learned
+            column (title starting with "learned") gets a column |learned - reference|, amplified.
 
+    Returns:
+        The PNG's path.
+    """
+    plt = _pyplot()
     pixels = torch.as_tensor(np.stack(crops))  # (B, 3, crop, crop) uint8
-    size = (model.input_size, model.input_size)
     with torch.no_grad():
         normalized = model.normalize(pixels).float()
-        fixed = model.denormalize(FixedResizer(size, fixed_kind)(normalized))
-        learned = model.denormalize(model.resizer.float()(normalized))
-    difference = (learned - fixed).abs()
-    scale = 255.0 / max(float(difference.amax()), 1e-6)
-    columns = [
-        (f"input {pixels.shape[-1]}px", pixels.float()),
-        (f"{fixed_kind} {size[0]}px", fixed),
-        (f"learned {size[0]}px", learned),
-        (f"|learned - {fixed_kind}| x{scale:.1f}", difference * scale),
-    ]
-    fig, axes = plt.subplots(len(crops), len(columns), figsize=(3 * len(columns), 3 * len(crops)), squeeze=False)
+        outputs = [(title, model.denormalize(resizer(normalized))) for title, resizer in columns]
+    shown = [(f"input {pixels.shape[-1]}px", pixels.float())]
+    reference = next((o for t, o in outputs if difference_to and t.startswith(difference_to)), None)
+    for title, images in outputs:
+        shown.append((title, images))
+        if reference is not None and title.startswith("learned") and images.shape == reference.shape:
+            difference = (images - reference).abs()
+            scale = 255.0 / max(float(difference.amax()), 1e-6)
+            shown.append((f"|{title.split()[0]} - {difference_to}| x{scale:.1f}", difference * scale))
+    fig, axes = plt.subplots(len(crops), len(shown), figsize=(3 * len(shown), 3 * len(crops)), squeeze=False)
     for row in range(len(crops)):
-        for col, (title, images) in enumerate(columns):
+        for col, (title, images) in enumerate(shown):
             ax = axes[row][col]
             ax.imshow(images[row].permute(1, 2, 0).clamp(0, 255).byte().numpy(), interpolation="nearest")
             ax.set_axis_off()
             if row == 0:
-                ax.set_title(title, fontsize=10)
+                ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def resizer_grid(model: ResizerModel, crops: list[np.ndarray], path: str | Path, *, fixed_kind: str = "bilinear") -> Path:
+    """Writes the PNG grid of one learned model: input, fixed, learned, |learned - fixed|; returns its path."""
+    size = (model.input_size, model.input_size)
+    columns = [(f"{fixed_kind} {size[0]}px", FixedResizer(size, fixed_kind)), (f"learned {size[0]}px", model.resizer.float())]
+    return resizer_columns_grid(model, crops, columns, path, difference_to=fixed_kind)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def main(argv: list[str] | None = None) -> int:

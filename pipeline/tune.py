@@ -1,8 +1,12 @@
 """Ray Tune over the one training loop: each trial is a driver that runs a TorchTrainer.
 
 Ray Train V2 cannot be nested in Tune as `Tuner(TorchTrainer(...))`; instead every trial runs
-`_trial`, which builds the TorchTrainer for its sampled config with a `TuneReportCallback` that
-forwards each epoch's metrics to Tune. ASHA stops weak trials on validation metric by epoch.
+`_trial`, which builds the TorchTrainer for its config with a `TuneReportCallback` that forwards
+each epoch's metrics to Tune. Two experiments share that driver and one Tuner setup (`_fit`):
+
+- `run_search`: a search over the resizer's hyperparameters; ASHA stops weak trials by epoch.
+- `run_comparison`: a grid of resizer arms x seeds, every trial run to the end (FIFO), for the
+  side-by-side statistics of `pipeline.compare`.
 
 Resumable: the Train run of a trial is named after the trial id, inside the experiment folder, so a
 restored search (`Tuner.restore`) reruns unfinished trials' drivers, whose TorchTrainers resume
@@ -10,7 +14,7 @@ from their own latest checkpoints; finished trials are not rerun.
 
 Experiment folder `<storage>/<name>/`: Tune's trial folders (params.json, result.json), the Train
 runs `train_<trial id>/` (checkpoints, tensorboard/, history.jsonl), `search_job.json` (the config
-the search started with) and the report (`pipeline.report`).
+the experiment started with) and the report (`pipeline.report`, `pipeline.compare`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import math
 import os
 import posixpath
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.checkpoint import is_uri
 from pipeline.config import JobConfig, apply_values, from_dict, to_dict
@@ -97,23 +101,42 @@ def paired_points(cfg: JobConfig) -> list[dict[str, Any]]:
     return [base] + [{**base, "resizer.kind": arm} for arm in search.fixed_arms]
 
 
-def trial_config(cfg: JobConfig, params: dict[str, Any]) -> JobConfig:
-    """The job config of one trial: sampled values set; a resize before the crop keeps its ratio."""
-    values = {k: params[k] for k in SEARCHED if k in params}
+def comparison_arms(cfg: JobConfig) -> dict[str, dict[str, Any]]:
+    """The arms of a comparison, by name: the config values each one sets on the job's config.
+
+    Learned arms keep the job's other resizer settings; the full-resolution arm feeds the crop to
+    the backbone unresized (a bilinear resize to the same size is the identity).
+    """
+    compare = cfg.compare
+    arms: dict[str, dict[str, Any]] = {}
+    for n, r in compare.learned:
+        arms[f"learned_n{n}_r{r}"] = {"resizer.kind": "learned", "resizer.num_filters": n, "resizer.num_res_blocks": r}
+    for kind in compare.fixed_arms:
+        arms[kind] = {"resizer.kind": kind}
+    if compare.full_res:
+        arms["full_res"] = {"resizer.kind": "bilinear", "model.img_size": cfg.data.crop_size}
+    return arms
+
+
+def trial_config(cfg: JobConfig, params: dict[str, Any], arms: dict[str, dict[str, Any]] | None = None) -> JobConfig:
+    """The job config of one trial: its arm's values (comparisons), then every dotted config field
+    of `params`; other keys are labels. A resize before the crop keeps its ratio."""
+    values = dict(arms[params["arm"]]) if arms and "arm" in params else {}
+    values.update({k: v for k, v in params.items() if "." in k})
     crop = values.get("data.crop_size", cfg.data.crop_size)
     if cfg.data.resize_size is not None and crop != cfg.data.crop_size:
         values["data.resize_size"] = max(crop, round(cfg.data.resize_size * crop / cfg.data.crop_size))
     return apply_values(cfg, values)
 
 
-def _trial(params: dict[str, Any], job: dict[str, Any]) -> None:
+def _trial(params: dict[str, Any], job: dict[str, Any], arms: dict[str, dict[str, Any]] | None = None) -> None:
     """One trial's driver: runs the TorchTrainer of its config, reporting every epoch to Tune."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     base = from_dict(JobConfig, job)
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_config(base, params)
+    cfg = trial_config(base, params, arms)
     # Deterministic: a restored search reruns this driver, and Train resumes the run of this name.
     cfg = apply_values(cfg, {"run.name": f"train_{trial_id}", "run.storage": experiment_dir(base)})
     run_plan = plan(cfg)
@@ -123,11 +146,14 @@ def _trial(params: dict[str, Any], job: dict[str, Any]) -> None:
         raise RuntimeError(error)
 
 
-def max_concurrent_trials(cfg: JobConfig, resources: dict[str, float], use_gpu: bool) -> int:
-    """Trials that fit at once: GPUs per trial on a GPU cluster; else CPUs for the trial's driver,
-    its workers and one data task."""
-    if cfg.search.max_concurrent is not None:
-        return cfg.search.max_concurrent
+def max_concurrent_trials(
+    cfg: JobConfig, resources: dict[str, float], use_gpu: bool, *, limit: int | None = None
+) -> int:
+    """Trials that fit at once: `limit` (default: search.max_concurrent) when set; else GPUs per
+    trial on a GPU cluster, or CPUs for the trial's driver, its workers and one data task."""
+    limit = cfg.search.max_concurrent if limit is None else limit
+    if limit is not None:
+        return limit
     if use_gpu:
         return max(1, int(resources.get("GPU", 0) // cfg.run.num_workers))
     per_trial = 1 + cfg.run.num_workers * cfg.run.cpus_per_worker + cfg.data.num_cpus_per_read
@@ -150,9 +176,88 @@ def read_job(directory: str) -> JobConfig:
     fs, path = fsspec.core.url_to_fs(directory)
     target = posixpath.join(path, JOB_FILE)
     if not fs.exists(target):
-        raise ValueError(f"{directory}: no {JOB_FILE}; is this a search folder made by pipeline.tune?")
+        raise ValueError(f"{directory}: no {JOB_FILE}; is this a search or comparison folder made by pipeline.tune?")
     with fs.open(target) as f:
         return from_dict(JobConfig, json.load(f))
+
+
+def _open(cfg: JobConfig, resume: bool, what: str) -> tuple[JobConfig, str]:
+    """The experiment's config and folder; a resumed one continues with the config it started with.
+
+    Raises:
+        ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not.
+    """
+    from ray import tune
+
+    cfg = with_absolute_storage(cfg)
+    directory = experiment_dir(cfg)
+    exists = tune.Tuner.can_restore(directory)
+    if resume and not exists:
+        raise ValueError(f"--resume: no {what} to resume at {directory}; run without --resume to start one")
+    if exists and not resume:
+        raise ValueError(f"a {what} already exists at {directory}; pass --resume to continue it or use another --name")
+    return (read_job(directory) if resume else cfg), directory
+
+
+def _fit(
+    cfg: JobConfig,
+    directory: str,
+    *,
+    what: str,
+    resume: bool,
+    param_space: dict[str, Any],
+    metric: str,
+    mode: str,
+    describe: Callable[[int], str],
+    limit: int | None = None,
+    make_search_alg: Callable[[int], Any] | None = None,
+    scheduler: Any = None,
+    num_samples: int = 1,
+    arms: dict[str, dict[str, Any]] | None = None,
+) -> Any:
+    """The one Tuner setup: plans, then starts or restores the experiment and waits for it.
+
+    Args:
+        what: "search" or "comparison", for messages.
+        describe: the banner printed at the start, given the number of concurrent trials.
+        limit: concurrent trials; None derives them from the cluster (`max_concurrent_trials`).
+        make_search_alg: builds the search algorithm for a concurrency (None: Tune's grid/random).
+        scheduler: trial scheduler (None: FIFO, every trial runs to the end).
+        arms: named config values that the `arm` parameter of a trial selects (`trial_config`).
+
+    Returns:
+        Tune's ResultGrid.
+    """
+    from ray import tune
+
+    run_plan: RunPlan = plan(cfg)  # validates data and resources before any trial starts
+    trainable = tune.with_resources(tune.with_parameters(_trial, job=to_dict(cfg), arms=arms), {"CPU": 1})
+    if resume:
+        print(f"resuming {what} {cfg.run.name!r} from {directory}", flush=True)
+        tuner = tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+
+    import ray
+
+    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), run_plan.use_gpu, limit=limit)
+    _write_job(directory, cfg)
+    print(describe(concurrency), flush=True)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=make_search_alg(concurrency) if make_search_alg else None,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=concurrency,
+            trial_name_creator=lambda trial: f"trial_{trial.trial_id}",
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage),
+    )
+    return tuner.fit()
 
 
 def run_search(cfg: JobConfig, *, resume: bool = False) -> Any:
@@ -164,69 +269,83 @@ def run_search(cfg: JobConfig, *, resume: bool = False) -> Any:
     Raises:
         ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not.
     """
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    cfg = with_absolute_storage(cfg)
-    directory = experiment_dir(cfg)
-    exists = tune.Tuner.can_restore(directory)
-    if resume and not exists:
-        raise ValueError(f"--resume: no search to resume at {directory}; run without --resume to start one")
-    if exists and not resume:
-        raise ValueError(f"a search already exists at {directory}; pass --resume to continue it or use another --name")
-    if resume:
-        cfg = read_job(directory)  # the search continues with the config it started with
-    run_plan: RunPlan = plan(cfg)  # validates data and resources before any trial starts
+    cfg, directory = _open(cfg, resume, "search")
     metric = cfg.search.metric or get_task(cfg.task).target_metric
-    trainable = tune.with_resources(tune.with_parameters(_trial, job=to_dict(cfg)), {"CPU": 1})
-    if resume:
-        print(f"resuming search {cfg.run.name!r} from {directory}", flush=True)
-        tuner = tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
-
-    import ray
-
-    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), run_plan.use_gpu)
     points = paired_points(cfg)
-    if cfg.search.algorithm == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
 
-        from ray.tune.search import ConcurrencyLimiter
+    def make_search_alg(concurrency: int) -> Any:
+        if cfg.search.algorithm == "optuna":
+            from ray.tune.search import ConcurrencyLimiter
+            from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = ConcurrencyLimiter(
-            OptunaSearch(points_to_evaluate=points, seed=cfg.run.seed), max_concurrent=concurrency
-        )
-    else:
+            return ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points, seed=cfg.run.seed), max_concurrent=concurrency)
         from ray.tune.search import BasicVariantGenerator
 
         # A search algorithm of our own ignores TuneConfig.max_concurrent_trials: limit it here.
-        search_alg = BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.run.seed, max_concurrent=concurrency)
-    _write_job(directory, cfg)
-    print(
-        f"search {cfg.run.name!r}: {cfg.search.num_samples} trials ({len(points)} paired first: learned vs "
-        f"{', '.join(cfg.search.fixed_arms) or 'none'}), {concurrency} at a time, ASHA on {metric} ({cfg.search.mode}) "
-        f"(grace {cfg.search.grace_period} epochs, reduction {cfg.search.reduction_factor}), max "
-        f"{cfg.optim.epochs} epochs -> {directory}",
-        flush=True,
-    )
-    tuner = tune.Tuner(
-        trainable,
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.run.seed, max_concurrent=concurrency)
+
+    def describe(concurrency: int) -> str:
+        return (
+            f"search {cfg.run.name!r}: {cfg.search.num_samples} trials ({len(points)} paired first: learned vs "
+            f"{', '.join(cfg.search.fixed_arms) or 'none'}), {concurrency} at a time, ASHA on {metric} ({cfg.search.mode}) "
+            f"(grace {cfg.search.grace_period} epochs, reduction {cfg.search.reduction_factor}), max "
+            f"{cfg.optim.epochs} epochs -> {directory}"
+        )
+
+    return _fit(
+        cfg,
+        directory,
+        what="search",
+        resume=resume,
         param_space=search_space(cfg),
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode=cfg.search.mode,
-            search_alg=search_alg,
-            scheduler=ASHAScheduler(
-                time_attr="epoch",
-                max_t=cfg.optim.epochs,
-                grace_period=cfg.search.grace_period,
-                reduction_factor=cfg.search.reduction_factor,
-            ),
-            num_samples=cfg.search.num_samples,
-            max_concurrent_trials=concurrency,
-            trial_name_creator=lambda trial: f"trial_{trial.trial_id}",
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        metric=metric,
+        mode=cfg.search.mode,
+        describe=describe,
+        make_search_alg=make_search_alg,
+        scheduler=ASHAScheduler(
+            time_attr="epoch",
+            max_t=cfg.optim.epochs,
+            grace_period=cfg.search.grace_period,
+            reduction_factor=cfg.search.reduction_factor,
         ),
-        run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage),
+        num_samples=cfg.search.num_samples,
     )
-    return tuner.fit()
+
+
+def run_comparison(cfg: JobConfig, *, resume: bool = False) -> Any:
+    """Starts, or with `resume` continues, the comparison named `cfg.run.name`: every arm of
+    `comparison_arms` x every seed of `compare.seeds`, each run for the full budget (no early stop).
+
+    Returns:
+        Tune's ResultGrid.
+
+    Raises:
+        ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not.
+    """
+    from ray import tune
+
+    cfg, directory = _open(cfg, resume, "comparison")
+    arms = comparison_arms(cfg)
+    metric = get_task(cfg.task).target_metric
+
+    def describe(concurrency: int) -> str:
+        return (
+            f"comparison {cfg.run.name!r}: {len(arms)} arms ({', '.join(arms)}) x {len(cfg.compare.seeds)} seeds "
+            f"{list(cfg.compare.seeds)} = {len(arms) * len(cfg.compare.seeds)} trials of {cfg.optim.epochs} epochs, "
+            f"{concurrency} at a time, {metric} against {cfg.compare.baseline} -> {directory}"
+        )
+
+    return _fit(
+        cfg,
+        directory,
+        what="comparison",
+        resume=resume,
+        param_space={"arm": tune.grid_search(list(arms)), "run.seed": tune.grid_search(list(cfg.compare.seeds))},
+        metric=metric,
+        mode="max",  # the training loop keeps the best checkpoint by the task's metric, higher is better
+        describe=describe,
+        limit=cfg.compare.max_concurrent,
+        arms=arms,
+    )

@@ -85,3 +85,27 @@ def test_report_of_a_folder_without_trials_says_so(tmp_path):
     (tmp_path / "search_job.json").write_text(json.dumps({"task": "classification", "optim": {"epochs": 4}}))
     with pytest.raises(ValueError, match="no trial folders"):
         write_report(tmp_path)
+
+
+def test_comparison_arms_change_only_the_resizer_or_the_backbone_input():
+    from pipeline.tune import comparison_arms
+
+    cfg = apply_overrides(JobConfig(), ["compare.learned=[[16, 1], [32, 2]]", "compare.full_res=true"])
+    arms = comparison_arms(cfg)
+    assert list(arms) == ["learned_n16_r1", "learned_n32_r2", "bilinear", "bicubic", "area", "full_res"]
+    trial = trial_config(cfg, {"arm": "learned_n32_r2", "run.seed": 2}, arms)
+    assert (trial.resizer.kind, trial.resizer.num_filters, trial.resizer.num_res_blocks, trial.run.seed) == ("learned", 32, 2, 2)
+    assert trial.data == cfg.data and trial.optim == cfg.optim and trial.model == cfg.model
+    full = trial_config(cfg, {"arm": "full_res", "run.seed": 0}, arms)
+    assert (full.resizer.kind, full.model.img_size) == ("bilinear", cfg.data.crop_size)
+
+
+def test_compare_config_validation():
+    from pipeline.config import CompareConfig
+
+    with pytest.raises(ValueError, match="compare.baseline='bicubic' must be one of compare.fixed_arms"):
+        CompareConfig(fixed_arms=("bilinear",), baseline="bicubic")
+    with pytest.raises(ValueError, match="compare.seeds"):
+        CompareConfig(seeds=(0, 0))
+    with pytest.raises(ValueError, match="not allowed"):
+        CompareConfig(fixed_arms=("learned", "bilinear"))

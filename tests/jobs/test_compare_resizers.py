@@ -1,0 +1,62 @@
+"""The comparison job as a user runs it: a subprocess, its own local Ray, arms x seeds through Tune, the report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "--set", "model.img_size=16",
+    "--set", 'model.backbone_kwargs={"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2}',
+    "--set", "data.crop_size=32",
+    "--set", "data.batch_size=4",
+    "--set", "compare.learned=[[4, 1]]",
+    "--set", 'compare.fixed_arms=["bilinear"]',
+    "--set", "compare.seeds=[0, 1]",
+    "--set", "compare.max_concurrent=2",
+    "--set", "optim.epochs=2",
+]
+
+
+def run_job(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "compare_resizers.py"), *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+    )
+
+
+def test_print_config_has_four_arms_and_three_seeds_at_the_recipe_input_size():
+    result = run_job("--print-config")
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads(result.stdout)
+    assert cfg["compare"]["learned"] == [[16, 1]] and cfg["compare"]["fixed_arms"] == ["bilinear", "bicubic", "area"]
+    assert cfg["compare"]["seeds"] == [0, 1, 2] and cfg["compare"]["full_res"] is False
+    assert (cfg["data"]["crop_size"], cfg["run"]["num_workers"], cfg["data"]["batch_size"]) == (768, 1, 8)
+
+
+@pytest.mark.slow
+def test_two_arms_two_seeds_write_every_report_file(tiny_shards, tmp_path):
+    result = run_job("--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp", *TINY)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    directory = tmp_path / "cmp"
+    for name in ("comparison.md", "comparison.json", "comparison.html", "accuracy_per_arm.png",
+                 "learning_curves.png", "resizer_grid_all.png"):
+        assert (directory / name).stat().st_size > 0, name
+    summary = json.loads((directory / "comparison.json").read_text())
+    rows = {r["arm"]: r for r in summary["arms"]}
+    assert set(rows) == {"learned_n4_r1", "bilinear"} and summary["metric"] == "top1"
+    for row in rows.values():
+        assert row["seeds"] == [0, 1] and row["final_estimate"]["n"] == 2
+    assert rows["learned_n4_r1"]["difference_to_baseline"]["n"] == 2
+    # every trial trained its own seed for the full budget, in its own Train run inside the folder
+    params = [json.loads(p.read_text()) for p in directory.glob("trial_*/params.json")]
+    assert sorted((p["arm"], p["run.seed"]) for p in params) == [("bilinear", 0), ("bilinear", 1), ("learned_n4_r1", 0), ("learned_n4_r1", 1)]
+    for history in directory.glob("train_*/history.jsonl"):
+        assert [json.loads(line)["epoch"] for line in history.read_text().splitlines()] == [1, 2]
+    assert "| learned_n4_r1 | 2 |" in result.stdout and "difference to bilinear" in result.stdout
