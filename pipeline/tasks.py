@@ -53,7 +53,8 @@ class ClassificationTask:
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-sample loss (B,)."""
-        return F.cross_entropy(logits.float(), batch["label"], reduction="none")
+        # Rows flagged invalid (undecodable, a torn tar's tail) carry label -1; the loop masks their loss.
+        return F.cross_entropy(logits.float(), batch["label"].clamp(min=0), reduction="none")
 
     def eval_outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         label = batch["label"]

@@ -38,11 +38,11 @@ TINY_ARGS = [
 ]
 
 
-def tiny_job(data: str, storage: str, **changes) -> JobConfig:
+def tiny_job(data_path: str, storage: str, **changes) -> JobConfig:
     cfg = JobConfig(
         resizer=ResizerConfig(num_filters=8),
         model=TINY_MODEL,
-        data=DataConfig(path=data, resize_size=None, crop_size=32, batch_size=4, shuffle_buffer=8),
+        data=DataConfig(path=data_path, resize_size=None, crop_size=32, batch_size=4, shuffle_buffer=8),
         optim=OptimConfig(lr=1e-3, epochs=3, warmup_epochs=0.5),
         deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
         run=RunConfig(name="fault", storage=storage, num_workers=2, log_every=0),
