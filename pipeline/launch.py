@@ -132,7 +132,8 @@ def check_model_input(cfg: JobConfig, num_outputs: int) -> None:
 
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, checkpoint_path=None)
     with torch.device("meta"):
-        model = build_model(model_cfg, cfg.resizer, num_outputs)
+        # eval(): batch norm on running statistics, so a 1x1 feature map of one image is no error
+        model = build_model(model_cfg, cfg.resizer, num_outputs).eval()
         pixels = torch.zeros(1, 3, cfg.data.crop_size, cfg.data.crop_size, dtype=torch.uint8)
         try:
             logits = model(pixels)
