@@ -141,7 +141,7 @@ def check_model_input(cfg: JobConfig, num_outputs: int) -> None:
             raise ValueError(
                 f"model.backbone={cfg.model.backbone!r} cannot take a {cfg.data.crop_size}px crop resized to "
                 f"{model.input_size}px ({type(err).__name__}: {err}). Set model.img_size to a size the backbone "
-                "accepts (Swin: a multiple of 32 x window_size / 4 ...), or change data.crop_size"
+                "accepts (its pretrained input size is the safe choice; model.img_size=none uses it), or change data.crop_size"
             ) from err
     if tuple(logits.shape) != (1, num_outputs):
         raise ValueError(f"model.backbone={cfg.model.backbone!r} gives outputs {tuple(logits.shape)}, expected (1, {num_outputs})")

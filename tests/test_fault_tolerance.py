@@ -230,8 +230,8 @@ def test_bad_configuration_fails_before_asking_for_resources(tiny_shards, shards
         plan(tiny_job(tiny_shards["path"], storage, run={"use_gpu": True}))
     with pytest.raises(ValueError, match="deepspeed.precision='fp16' needs GPUs"):
         plan(tiny_job(tiny_shards["path"], storage, deepspeed={"precision": "fp16"}))
-    with pytest.raises(ValueError, match=r"cannot take a 32px crop resized to 30px"):
-        plan(tiny_job(tiny_shards["path"], storage, model={"img_size": 30}))
+    with pytest.raises(ValueError, match=r"'inception_v3' cannot take a 32px crop resized to 16px"):
+        plan(tiny_job(tiny_shards["path"], storage, model={"backbone": "inception_v3", "img_size": 16, "backbone_kwargs": {}}))
     # a finished 2-worker run cannot be resumed by 1 worker: said before launch, with the fix
     run_dir = tmp_path / "fault"
     (run_dir / "checkpoint_epoch_0001").mkdir(parents=True)
