@@ -25,6 +25,7 @@ import torch
 DEEPSPEED_TAG = "ds"
 WEIGHTS_FILE = "model.pt"
 HISTORY_FILE = "history.jsonl"
+STOP_FILE = "stopped.txt"
 SAVE_DELAY_ENV = "LEARNED_RESIZER_TEST_SAVE_DELAY_S"
 
 
@@ -136,6 +137,29 @@ def read_history(directory: str) -> list[dict[str, Any]]:
             record = json.loads(line)
             by_epoch[record["epoch"]] = record
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def write_stop(directory: str, message: str) -> None:
+    """Records why the loop ended the run (Ray's result only carries checkpointed metrics)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(directory)
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(posixpath.join(path, STOP_FILE), "w") as f:
+        f.write(message)
+
+
+def pop_stop(directory: str) -> str | None:
+    """The reason the loop ended the run early, if it did; removes the record."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(directory)
+    target = posixpath.join(path, STOP_FILE)
+    if not fs.exists(target):
+        return None
+    message = fs.cat_file(target).decode()
+    fs.rm(target)
+    return message
 
 
 class LocalMirror:

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.checkpoint import is_uri, latest_checkpoint_meta, read_history, run_dir
+from pipeline.checkpoint import is_uri, latest_checkpoint_meta, pop_stop, read_history, run_dir
 from pipeline.config import JobConfig, to_dict
 from pipeline.data import build_dataset, exact_eval_data_config, read_manifest, shard_urls, split_size
 from pipeline.tasks import get_task
@@ -216,8 +216,9 @@ def launch(cfg: JobConfig) -> RunResult:
         f"{run_dir(cfg.run.storage, cfg.run.name)}",
         flush=True,
     )
+    pop_stop(run_dir(cfg.run.storage, cfg.run.name))  # a stale record of an earlier, interrupted run
     result = build_trainer(cfg, run_plan).fit()
-    error = (result.metrics or {}).get("error")
+    error = pop_stop(run_dir(cfg.run.storage, cfg.run.name))
     best = result.best_checkpoints[0][0].path if result.best_checkpoints else None
     if result.best_checkpoints:
         task = get_task(cfg.task)

@@ -26,6 +26,7 @@ from pipeline.checkpoint import (
     save_checkpoint,
     saved_world_size,
     write_meta,
+    write_stop,
 )
 from pipeline.config import JobConfig, OptimConfig, from_dict, to_dict
 from pipeline.model import build_model, param_groups
@@ -127,7 +128,7 @@ def _strict_message(epoch: int, skipped: list[tuple[str, str]]) -> str:
     )
 
 
-def _stop_run(message: str, *, epoch: int, step: int, is_main: bool) -> None:
+def _stop_run(message: str, *, epoch: int, step: int, is_main: bool, directory: str) -> None:
     """Ends the run on every rank without a retry: a deterministic failure would only fail again.
 
     The driver raises `message` (see `pipeline.launch.launch`).
@@ -136,6 +137,7 @@ def _stop_run(message: str, *, epoch: int, step: int, is_main: bool) -> None:
 
     if is_main:
         print(message, flush=True)
+        write_stop(directory, message)
     ray.train.report({"epoch": epoch, "step": step, "error": message})
 
 
@@ -249,7 +251,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             if num_skipped:
                 stop = _gather(skipped, world_size)
-                _stop_run(_strict_message(epoch, [s for ss in stop for s in ss]), epoch=epoch, step=step, is_main=is_main)
+                message = _strict_message(epoch, [s for ss in stop for s in ss])
+                _stop_run(message, epoch=epoch, step=step, is_main=is_main, directory=directory)
                 return
             finite = num_finite == world_size
             if not finite:
@@ -260,7 +263,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     f"batch keys: {[k for ks in bad_rank_keys for k in ks]}. Lower optim.lr, check the data, "
                     "or use deepspeed.precision=bf16/fp32"
                 )
-                _stop_run(message, epoch=epoch, step=step, is_main=is_main)
+                _stop_run(message, epoch=epoch, step=step, is_main=is_main, directory=directory)
                 return
             engine.backward(loss)
             engine.step()  # steps optimizer and scheduler at accumulation boundaries
@@ -296,7 +299,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         all_train_skipped = [s for g in gathered for s in g[1]]
         all_eval_skipped = [s for g in gathered for s in g[2]]
         if cfg.data.strict and (all_train_skipped or all_eval_skipped):  # seen outside the trained steps
-            _stop_run(_strict_message(epoch, all_train_skipped + all_eval_skipped), epoch=epoch, step=step, is_main=is_main)
+            message = _strict_message(epoch, all_train_skipped + all_eval_skipped)
+            _stop_run(message, epoch=epoch, step=step, is_main=is_main, directory=directory)
             return
         metrics = {
             "epoch": epoch,

@@ -25,7 +25,7 @@ import os
 import posixpath
 from typing import Any, Callable
 
-from pipeline.checkpoint import is_uri
+from pipeline.checkpoint import is_uri, pop_stop, run_dir
 from pipeline.config import JobConfig, apply_values, from_dict, to_dict
 from pipeline.launch import RunPlan, build_trainer, plan, with_absolute_storage
 from pipeline.tasks import get_task
@@ -140,8 +140,9 @@ def _trial(params: dict[str, Any], job: dict[str, Any], arms: dict[str, dict[str
     # Deterministic: a restored search reruns this driver, and Train resumes the run of this name.
     cfg = apply_values(cfg, {"run.name": f"train_{trial_id}", "run.storage": experiment_dir(base)})
     run_plan = plan(cfg)
-    result = build_trainer(cfg, run_plan, callbacks=[TuneReportCallback()]).fit()
-    error = (result.metrics or {}).get("error")
+    pop_stop(run_dir(cfg.run.storage, cfg.run.name))  # a stale record of an earlier, interrupted run
+    build_trainer(cfg, run_plan, callbacks=[TuneReportCallback()]).fit()
+    error = pop_stop(run_dir(cfg.run.storage, cfg.run.name))
     if error:
         raise RuntimeError(error)
 

@@ -224,8 +224,8 @@ def test_bad_configuration_fails_before_asking_for_resources(tiny_shards, shards
         plan(tiny_job(shards_copy, storage))
     with pytest.raises(ValueError, match=r"data.num_classes=200 but the manifest .* lists 3 classes"):
         plan(tiny_job(tiny_shards["path"], storage, data={"num_classes": 200}))
-    with pytest.raises(ValueError, match=r"run.num_workers=16 x run.cpus_per_worker=1 .* the cluster has 8"):
-        plan(tiny_job(tiny_shards["path"], storage, run={"num_workers": 16}))
+    with pytest.raises(ValueError, match=r"run.num_workers=8 x run.cpus_per_worker=1 .* the cluster has 8"):
+        plan(tiny_job(tiny_shards["path"], storage, run={"num_workers": 8}, data={"batch_size": 2}))
     with pytest.raises(ValueError, match=r"run.num_workers=2 needs 2 GPUs; the cluster has 0"):
         plan(tiny_job(tiny_shards["path"], storage, run={"use_gpu": True}))
     with pytest.raises(ValueError, match="deepspeed.precision='fp16' needs GPUs"):
