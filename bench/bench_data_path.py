@@ -15,12 +15,9 @@ the same data_prep shards of demo images at CUB size (500x375), on the same core
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +173,6 @@ def run(workdir: Path, *, quick: bool = False, num_cores: int | None = None) -> 
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workdir", default=None, help="cache of demo images and shards (default: a temp folder)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
-        print(json.dumps(run(Path(args.workdir or tmp), quick=args.quick)["figures"], indent=2))
+    from bench.common import script_main
+
+    script_main(run, __doc__)

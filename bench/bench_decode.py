@@ -14,11 +14,8 @@ data_prep shards of demo images:
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -113,9 +110,6 @@ def run(workdir: Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workdir", default=None, help="cache of demo images and shards (default: a temp folder)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
-        print(json.dumps(run(Path(args.workdir or tmp), quick=args.quick)["figures"], indent=2))
+    from bench.common import script_main
+
+    script_main(run, __doc__)

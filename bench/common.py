@@ -126,3 +126,18 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def script_main(run: Callable[..., dict[str, Any]], doc: str | None) -> None:
+    """The command line of a benchmark file run on its own: `--quick`, `--workdir`; prints its figures."""
+    import argparse
+    import json
+    import tempfile
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workdir", default=None, help="cache of demo images and shards (default: a temp folder)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        print(json.dumps(run(Path(args.workdir or tmp), quick=args.quick)["figures"], indent=2))
