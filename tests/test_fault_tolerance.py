@@ -6,7 +6,6 @@ without repeats or gaps, and bad input fails fast with the field and the fix.
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.checkpoint import SAVE_DELAY_ENV
+from pipeline.checkpoint import SAVE_DELAY_ENV, read_history
 from pipeline.config import DataConfig, DeepSpeedConfig, JobConfig, ModelConfig, OptimConfig, ResizerConfig, RunConfig
 from pipeline.data import DataError
 from pipeline.launch import launch, plan
@@ -103,7 +102,7 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(tiny_shards, tmp_path,
     assert all(p.pid not in killed for p in train_workers())  # a new worker group ran the rest
 
 
-# ---------------------------------------------------------------- 2 and 3. the driver dies; mid-checkpoint too
+# ---------------------------------------------------------------- 2. the driver dies mid-checkpoint; reruns resume
 
 def _job(args: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
@@ -141,22 +140,9 @@ def _rerun(args: list[str]) -> str:
 
 
 @pytest.mark.slow
-def test_killed_driver_rerun_resumes(tiny_shards, tmp_path):
-    args = ["--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "driver", *TINY_ARGS,
-            "--set", "optim.epochs=4"]
-    output = _kill_when(_job(args), "epoch 3/4")  # the checkpoint of epoch 2 is complete by then
-    assert "epoch 3/4" in output
-    rerun = _rerun(args)
-    per_epoch = steps_per_epoch(tiny_shards["manifest"]["splits"]["train"]["num_samples"], 2, 4, 1)
-    resumed = re.search(r"resumed from epoch (\d+) \(step (\d+)\)", rerun)
-    assert resumed, rerun[-3000:]
-    epoch, step = int(resumed.group(1)), int(resumed.group(2))
-    assert epoch >= 2 and step == epoch * per_epoch  # lost at most the epoch in flight
-    assert_steps_consistent(raw_history(tmp_path / "driver"), per_epoch, 4)
-
-
-@pytest.mark.slow
-def test_kill_while_writing_a_checkpoint_keeps_the_previous_one_loadable(tiny_shards, tmp_path):
+def test_killed_driver_resumes_from_the_last_complete_checkpoint_and_a_longer_rerun_extends(tiny_shards, tmp_path):
+    """SIGKILL of the driver while it writes a checkpoint; the same command resumes from the one before;
+    a later rerun with more epochs continues the step count (one run folder, three invocations)."""
     args = ["--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "midsave", *TINY_ARGS,
             "--set", "optim.epochs=3"]
     process = _job(args, env={SAVE_DELAY_ENV: "4"})  # each save pauses 4 s after DeepSpeed wrote its shards
@@ -169,10 +155,17 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one_loadable(tiny_sh
     torn = run_dir / "checkpoint_epoch_0002"
     (torn / "ds").mkdir(parents=True, exist_ok=True)
     (torn / "ds" / "mp_rank_00_model_states.pt").write_bytes(b"\x80\x02torn")
-    rerun = _rerun(args)
-    assert "resumed from epoch 1" in rerun
     per_epoch = steps_per_epoch(tiny_shards["manifest"]["splits"]["train"]["num_samples"], 2, 4, 1)
+    rerun = _rerun(args)
+    assert f"resumed from epoch 1 (step {per_epoch})" in rerun  # lost only the epoch whose save was cut
     assert_steps_consistent(raw_history(run_dir), per_epoch, 3)
+
+    longer = _rerun([*args, "--set", "optim.epochs=4"])  # a finished run, a bigger budget: it continues
+    assert f"resumed from epoch 3 (step {3 * per_epoch})" in longer
+    assert_steps_consistent(raw_history(run_dir), per_epoch, 4)
+    history = read_history(str(run_dir))  # the rerun's epoch 2 replaces the one whose checkpoint was cut
+    assert [(r["epoch"], r["step"]) for r in history] == [(e, e * per_epoch) for e in (1, 2, 3, 4)]
+    assert "resizer grid:" in longer and (run_dir / "resizer_grid.png").is_file()
 
 
 # ---------------------------------------------------------------- 5. bad data

@@ -74,7 +74,7 @@ def ray_head():
                 process.send_signal(signal.SIGTERM)
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(ours, timeout=20)
+        _, alive = psutil.wait_procs(ours, timeout=5)
         for process in alive:
             process.kill()
 

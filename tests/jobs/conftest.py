@@ -1,5 +1,8 @@
 """What the job tests share: running a job as a user does (a subprocess with its own local Ray), tiny settings."""
 
+import contextlib
+import importlib
+import io
 import json
 import math
 import os
@@ -25,6 +28,20 @@ def run_job_script(script: str, *args: str, timeout: int = 600) -> subprocess.Co
         [sys.executable, str(REPO / "jobs" / script), *args],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
     )
+
+
+def run_job_main(script: str, *args: str) -> tuple[int, str, str]:
+    """`main(args)` of a job in this process: (exit code, stdout, stderr). For the commands that stop
+    before Ray (--print-config, argument errors): the same code path as the script, without paying
+    for a fresh interpreter's torch and timm imports in every test."""
+    module = importlib.import_module(f"jobs.{Path(script).stem}")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main(list(args))
+        except SystemExit as exit_:  # argparse errors
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
 
 
 def check_reported(history_file: Path, output: str, metrics: tuple[str, ...], epochs: int) -> list[dict]:

@@ -9,17 +9,17 @@ from data_prep.demo_layouts import generate_ava_demo
 from data_prep.shards import ShardOptions
 from pipeline.tasks import QualityTask
 
-from tests.jobs.conftest import TINY_RESNET, check_reported, run_job_script
+from tests.jobs.conftest import TINY_RESNET, check_reported, run_job_main, run_job_script
 
 
 def test_print_config_is_nima_with_the_2x_resizer():
-    result = run_job_script("ava_nima.py", "--print-config")
-    assert result.returncode == 0, result.stderr
-    cfg = json.loads(result.stdout)
+    code, out, err = run_job_main("ava_nima.py", "--print-config")
+    assert code == 0, err
+    cfg = json.loads(out)
     assert cfg["task"] == "quality" and cfg["model"]["backbone"] == "inception_v3" and cfg["model"]["pretrained"]
     assert (cfg["data"]["resize_size"], cfg["data"]["crop_size"]) == (683, 598)  # 2 x 299 for Inception-v3
     assert cfg["data"]["eval_split"] == "test"
-    cfg = json.loads(run_job_script("ava_nima.py", "--print-config", "--backbone", "efficientnet_b0").stdout)
+    cfg = json.loads(run_job_main("ava_nima.py", "--print-config", "--backbone", "efficientnet_b0")[1])
     assert cfg["model"]["backbone"] == "efficientnet_b0" and cfg["data"]["crop_size"] == 448
 
 

@@ -13,7 +13,7 @@ from data_prep.imagenet import shard_imagenet
 from data_prep.shards import ShardOptions
 from pipeline.tasks import ClassificationTask
 
-from tests.jobs.conftest import TINY_RESNET, check_reported, run_job_script
+from tests.jobs.conftest import TINY_RESNET, check_reported, run_job_main, run_job_script
 
 
 @pytest.mark.parametrize(
@@ -22,17 +22,17 @@ from tests.jobs.conftest import TINY_RESNET, check_reported, run_job_script
      ("inception_v3", "inception_v3", 683, 598), ("mobilenetv2", "mobilenetv2_100", 512, 448)],
 )
 def test_print_config_is_the_2x_recipe_per_backbone(backbone, timm_name, resize, crop):
-    result = run_job_script("imagenet_resnet50.py", "--print-config", "--backbone", backbone)
-    assert result.returncode == 0, result.stderr
-    cfg = json.loads(result.stdout)
+    code, out, err = run_job_main("imagenet_resnet50.py", "--print-config", "--backbone", backbone)
+    assert code == 0, err
+    cfg = json.loads(out)
     assert cfg["task"] == "classification" and cfg["model"]["backbone"] == timm_name and cfg["model"]["pretrained"]
     assert (cfg["data"]["resize_size"], cfg["data"]["crop_size"]) == (resize, crop)
     assert cfg["data"]["eval_split"] == "val" and cfg["resizer"]["zero_init_last"]
 
 
 def test_unknown_backbone_fails_before_anything_runs():
-    result = run_job_script("imagenet_resnet50.py", "--print-config", "--backbone", "resnet5O")
-    assert result.returncode == 2 and "'resnet5O' is not a timm model" in result.stderr
+    code, _, err = run_job_main("imagenet_resnet50.py", "--print-config", "--backbone", "resnet5O")
+    assert code == 2 and "'resnet5O' is not a timm model" in err
 
 
 @pytest.mark.slow

@@ -68,19 +68,20 @@ def test_asha_stops_trials_and_the_report_is_written(tiny_shards, tmp_path):
 
 @pytest.mark.slow
 def test_an_interrupted_search_resumes_without_rerunning_finished_trials(tiny_shards, tmp_path):
+    epochs, trials = 2, 3  # 2 at a time: Ctrl-C once the first is done, while another still trains
     args = ["--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "search", *TINY,
-            "--set", "search.num_samples=4", "--set", "optim.epochs=3", "--set", "search.metric=epoch",
-            "--set", "search.mode=max"]  # no early stopping: every trial runs its 3 epochs
+            "--set", f"search.num_samples={trials}", "--set", f"optim.epochs={epochs}", "--set", "search.metric=epoch",
+            "--set", "search.mode=max"]  # no early stopping: every trial runs all its epochs
     directory = tmp_path / "search"
     process = subprocess.Popen(job(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), cwd=REPO)
     deadline = time.time() + 600
     finished: dict[str, list[dict]] = {}
     while time.time() < deadline and process.poll() is None:
         results = trial_results(directory) if directory.exists() else {}
-        finished = {name: rows for name, rows in results.items() if rows and rows[-1]["epoch"] == 3}
-        if finished and len(finished) < 4:
+        finished = {name: rows for name, rows in results.items() if rows and rows[-1]["epoch"] == epochs}
+        if finished and len(finished) < trials:
             break
-        time.sleep(1)
+        time.sleep(0.5)
     assert process.poll() is None, "the search ended before it could be interrupted"
     process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
     process.communicate(timeout=180)
@@ -93,6 +94,6 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(tiny_sh
     after = trial_results(directory)
     for name in finished:  # finished trials were not rerun: not one more result line
         assert after[name] == before[name]
-    assert len(after) == 4 and all(rows and rows[-1]["epoch"] == 3 for rows in after.values())
+    assert len(after) == trials and all(rows and rows[-1]["epoch"] == epochs for rows in after.values())
     summary = json.loads((directory / "tune_summary.json").read_text())
-    assert summary["trial_epochs_run"] == 12
+    assert summary["trial_epochs_run"] == trials * epochs
