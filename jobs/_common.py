@@ -196,6 +196,7 @@ def write_grid(result: Any, cfg: JobConfig) -> str | None:
 def run_job(cfg: JobConfig, *, demo: bool, print_config: bool = False) -> int:
     """Launches a job and prints its summary; exits 2 on a configuration or data error."""
     from pipeline.config import to_dict
+    from pipeline.data import read_manifest
     from pipeline.launch import launch
 
     if print_config:
@@ -203,6 +204,11 @@ def run_job(cfg: JobConfig, *, demo: bool, print_config: bool = False) -> int:
 
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    try:
+        read_manifest(cfg.data.path)  # missing or bad shards: said before Ray starts
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     init_ray(demo)
     try:
         result = launch(cfg)
