@@ -56,6 +56,11 @@ def demo_cache() -> Path:
 
 DEMO_LAYOUTS = ("cub", "imagenet", "ava")
 
+# No horizontal flip on the demo's classes: they include mirror pairs (diagonal / anti-diagonal grating,
+# steep / mirrored steep grating), which a flip turns into each other, so with flips on half of those
+# training crops carry the other class's label. (AVA's demo score is texture contrast: flips keep it.)
+DEMO_CLASS_HFLIP = False
+
 
 def ensure_demo_shards(
     layout: str = "cub",

@@ -48,6 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir wins
 
 from jobs._common import (  # noqa: E402
+    DEMO_CLASS_HFLIP,
     DEMO_RESNET_KWARGS,
     ensure_demo_shards,
     job_parser,
@@ -96,13 +97,17 @@ def demo_config(data_path: str) -> JobConfig:
     """The recipe scaled to a laptop: a small ResNet-50-family network at 64 px behind a 128 → 64 resizer.
 
     The demo's class lives in texture at a 2-2.15 px period, so crops reach the resizer at the image's
-    own scale (no resize before it); the network trains from scratch (there are no pretrained weights for it).
+    own scale (no resize before it), without flips (`DEMO_CLASS_HFLIP`); the network trains from scratch
+    (there are no pretrained weights for it).
     """
     cfg = config("resnet50")
     return dataclasses.replace(
         cfg,
         model=ModelConfig(backbone="resnet50", pretrained=False, img_size=64, backbone_kwargs=DEMO_RESNET_KWARGS),
-        data=dataclasses.replace(cfg.data, path=data_path, resize_size=None, crop_size=128, batch_size=16, shuffle_buffer=64),
+        data=dataclasses.replace(
+            cfg.data, path=data_path, resize_size=None, crop_size=128, batch_size=16, shuffle_buffer=64,
+            hflip=DEMO_CLASS_HFLIP,
+        ),
         optim=dataclasses.replace(cfg.optim, lr=1e-3, resizer_lr=1e-3, epochs=12, min_lr_factor=0.0),
         deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
         run=RunConfig(name="imagenet_resnet50_demo", storage="outputs", num_workers=2, log_every=0),

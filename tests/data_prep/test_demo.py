@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from data_prep.cub import read_cub, shard_cub
-from data_prep.demo import generate_demo
+from data_prep.demo import TEXTURES, generate_demo
 from data_prep.shards import ShardOptions
 
 CROP = 128
@@ -98,3 +98,23 @@ def test_seeded_cached_and_worker_independent(tmp_path: Path) -> None:
     assert (third / "images.txt").read_bytes() == (first / "images.txt").read_bytes()
     image = "images/001.Vertical_Grating/Vertical_Grating_0001.jpg"
     assert (third / image).read_bytes() != (first / image).read_bytes()
+
+
+def test_a_horizontal_flip_turns_mirror_classes_into_each_other() -> None:
+    """Why the demos train without flips (jobs/_common.DEMO_CLASS_HFLIP): the flipped texture of one
+    class has the spectrum of another class, so a flip would hand that class's label to the other."""
+    names = [name for name, _ in TEXTURES]
+    y, x = np.mgrid[0:64, 0:64].astype(np.float64)
+
+    def peak(texture, flip: bool) -> tuple[int, int]:
+        image = texture(x, y, 2 * np.pi / 2.1, np.random.default_rng(0))
+        spectrum = np.abs(np.fft.fft2(image[:, ::-1] if flip else image))
+        spectrum[0, 0] = 0
+        fy, fx = np.unravel_index(np.argmax(spectrum), spectrum.shape)
+        return min((fy, fx), ((-fy) % 64, (-fx) % 64))  # a real image's spectrum is symmetric
+
+    textures = dict(TEXTURES)
+    for a, b in [("Diagonal_Grating", "Antidiagonal_Grating"), ("Steep_Grating", "Steep_Grating_Mirrored")]:
+        assert names.index(a) < 10 and names.index(b) < 10  # both in the 10-class demos
+        assert peak(textures[a], flip=False) != peak(textures[b], flip=False)
+        assert peak(textures[a], flip=True) == peak(textures[b], flip=False)
