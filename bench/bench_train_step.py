@@ -217,7 +217,9 @@ def variants(base: JobConfig, with_no_checkpointing: bool) -> list[JobConfig]:
     return out
 
 
-def gpu_configs() -> list[JobConfig]:
+def gpu_configs(full_res: bool = False) -> list[JobConfig]:
+    """learned, bilinear, learned without checkpointing; with `full_res`: bilinear at 384 and the
+    backbone at the crop's full 768 (the comparison's `--full-res` arm: the resizer is the identity)."""
     base = JobConfig(
         resizer=ResizerConfig(kind="learned"),
         model=ModelConfig(backbone="swin_large_patch4_window12_384", pretrained=False, grad_checkpointing=True),
@@ -225,6 +227,9 @@ def gpu_configs() -> list[JobConfig]:
         optim=OptimConfig(lr=5e-6),
         deepspeed=DeepSpeedConfig(zero_stage=2, precision="bf16"),
     )
+    if full_res:
+        bilinear = dataclasses.replace(base, resizer=dataclasses.replace(base.resizer, kind="bilinear"))
+        return [bilinear, dataclasses.replace(bilinear, model=dataclasses.replace(base.model, img_size=768))]
     return variants(base, with_no_checkpointing=True)
 
 
@@ -254,6 +259,8 @@ def run_isolated(index: int, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, "--variant", str(index), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if args.gpu:
         command.append("--gpu")
+    if args.full_res:
+        command.append("--full-res")
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -267,13 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--interleaved", action="store_true", help="with --gpu: learned and bilinear engines in one process, steps alternated"
     )
+    parser.add_argument(
+        "--full-res", action="store_true", help="with --gpu: bilinear 768→384 against the backbone at the full 768"
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default="bench/train_step.json")
     parser.add_argument("--variant", type=int, help=argparse.SUPPRESS)  # internal: run one variant
     args = parser.parse_args(argv)
 
-    configs = gpu_configs() if args.gpu else cpu_configs()
+    configs = gpu_configs(args.full_res) if args.gpu else cpu_configs()
     if args.gpu and args.interleaved:
         learned, bilinear = configs[0], configs[1]
         seconds = interleaved_step_times([learned, bilinear], warmup=args.warmup, steps=args.steps, device="cuda")
@@ -313,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['backbone']:<34} {r['input']:>4}→{r['backbone_input']:<4} {r['resizer']:>8} "
             f"{str(r['grad_checkpointing']):>5} {r['step_ms']:>8.1f} {r['images_per_second']:>7.1f} {peak:>8}"
         )
-    for learned, bilinear in zip(results[0::2], results[1::2]):
+    if args.full_res:
+        small, full = results
+        print(f"{full['backbone']}: full {full['backbone_input']} / {small['backbone_input']} step time = "
+              f"{full['step_ms'] / small['step_ms']:.2f}, peak memory = {full['peak_memory_gib'] / small['peak_memory_gib']:.2f}")
+    for learned, bilinear in zip(results[0::2], results[1::2]) if not args.full_res else []:
         if learned["resizer"] == "learned" and bilinear["resizer"] == "bilinear":
             print(f"{learned['backbone']}: learned / bilinear step time = {learned['step_ms'] / bilinear['step_ms']:.3f}")
     report = {
