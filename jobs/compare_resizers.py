@@ -11,15 +11,24 @@ Cluster (12 GPUs: 4 arms x 3 seeds, each the reference recipe at 1xb8; shards fr
         python jobs/compare_resizers.py --data s3://BUCKET/cub-shards --storage s3://BUCKET/compare
 
     Each trial is the reference recipe on one GPU at batch 8 (Swin-L, 768 → 384, 100 epochs): the setting in
-    which its author measured the resizer losing (91.66 → 90.58, BRIEF.md). Expected runtime: ~1.7 h of pure
-    compute per trial (5,994 images x 100 epochs at ~100 img/s on an A100), 3-4 h with decoding and evaluation;
-    all 12 trials at once on 12+ GPUs. Expected result: learned within about ±1 point of bilinear top-1.
+    which its author measured the resizer losing (91.66 → 90.58, BRIEF.md). Expected runtime: 4.2 h of training
+    per trial (5,994 images x 100 epochs at the 40 img/s measured on one H100, bench/results/train_step_h100.json),
+    about 5.5 h with evaluation; all 12 trials at once on 12+ GPUs. Expected result: learned within about
+    ±1 point of bilinear top-1.
 
 Options: more seeds `--set compare.seeds=[0,1,2,3,4]`; more learned arms `--set compare.learned=[[16,1],[32,2]]`;
 other fixed arms `--set 'compare.fixed_arms=["bilinear","bicubic","area","bicubic_aa"]'`; the backbone at the
 full input resolution as an upper reference `--full-res` (Swin-L at 768: windows of 12 divide every stage's
-token grid 192/96/48/24, so timm builds it; ~4x the FLOPs and memory of 384). AVA: build the job from a quality
-config (task="quality"); the report then compares SRCC, the task's target metric.
+token grid 192/96/48/24, so timm builds it). It has 4x the FLOPs of 384, yet on one H100 at batch 8 a
+step took 1.28x as long (336 vs 264 ms) with 1.49x the peak memory (6.6 vs 4.5 GiB) of bilinear 768 → 384
+(`python bench/bench_train_step.py --gpu --full-res`): at batch 8 the step is bound by kernel launches,
+not FLOPs, so the upper reference costs little there.
+
+Other recipes: `--recipe imagenet` (the 2x ImageNet recipe of imagenet_resnet50.py, top-1) and `--recipe ava`
+(NIMA on AVA, ava_nima.py; the report compares SRCC, the task's target metric), each with `--backbone` and
+its own workers per trial:
+
+    python jobs/compare_resizers.py --recipe ava --data s3://BUCKET/ava-shards --storage s3://BUCKET/compare
 
 Resume an interrupted comparison (finished trials are not rerun; unfinished ones continue from checkpoints):
 
@@ -29,10 +38,11 @@ Report on demand (also while it runs):
 
     python -m pipeline.compare outputs/compare_resizers
 
-Laptop (2 CPU cores, 16 min measured while shared with other jobs): 4 arms x 3 seeds on the demo dataset;
-learned top-1 0.39 ± 0.02 vs bilinear 0.10 ± 0.02 (chance 0.10), see README:
+Laptop (2 CPU cores, 13.9 min measured): 4 arms x 3 seeds on the 4-class demo dataset; learned top-1
+0.95 ± 0.03 vs bilinear 0.24 ± 0.03 (chance 0.25), see README. The AVA demo compares SRCC:
 
     python jobs/compare_resizers.py --demo
+    python jobs/compare_resizers.py --demo --recipe ava
 """
 
 from __future__ import annotations
@@ -43,49 +53,93 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir wins
 
-from jobs import cub_swinl  # noqa: E402
+from jobs import ava_nima, cub_swinl, imagenet_resnet50  # noqa: E402
 from jobs._common import ensure_demo_shards, init_ray, job_parser, resolve_config  # noqa: E402
-from pipeline.config import CompareConfig, DataConfig, JobConfig  # noqa: E402
+from pipeline.config import CompareConfig, JobConfig  # noqa: E402
 
-# The demo dataset: see demo_config.
-DEMO_CLASSES = 10
+RECIPES = ("cub", "imagenet", "ava")
+# The CUB demo dataset for comparisons: the first 4 demo textures (vertical, horizontal, checkerboard, high-pass
+# noise), none a sum of others. The 10-class set adds composites (checkerboard = diagonal + anti-diagonal grating,
+# dot lattice = vertical + horizontal + checkerboard): telling those apart in 64 px crops takes conjunctions of
+# orientation energies near Nyquist, and within the demo's 10 epochs some learned runs plateaued at top-1 0.25.
+DEMO_CLASSES = 4
 DEMO_IMAGES = 600
+ARMS = CompareConfig(learned=((16, 1),), fixed_arms=("bilinear", "bicubic", "area"), seeds=(0, 1, 2))
 
 
-def config() -> JobConfig:
-    """The reference recipe at 1xb8 (one GPU per trial), learned vs bilinear, bicubic, area, 3 seeds."""
-    cfg = cub_swinl.config()
-    return dataclasses.replace(
-        cfg,
-        run=dataclasses.replace(cfg.run, name="compare_resizers", num_workers=1, checkpoint_every=10),
-        compare=CompareConfig(learned=((16, 1),), fixed_arms=("bilinear", "bicubic", "area"), seeds=(0, 1, 2)),
-    )
+def config(recipe: str = "cub", backbone: str | None = None) -> JobConfig:
+    """A recipe's job, learned vs bilinear, bicubic, area, 3 seeds.
 
-
-def demo_config(data_path: str) -> JobConfig:
-    """The cub_swinl demo model, shrunk so that 12 trials fit 15 minutes on 2 cores.
-
-    One worker per trial (two trials at a time), 64 px crops into a 32 px backbone: the class lives
-    in a 2.0-2.15 px texture, which any crop size keeps, and the resizer's full-resolution 7x7 conv
-    costs a quarter of the 128 px demo's.
+    cub: the reference recipe at 1xb8 (one GPU per trial). imagenet and ava: the 2x recipes of
+    `imagenet_resnet50.py` and `ava_nima.py` (their default backbone or `backbone`) with their own
+    worker count per trial; the metric is the task's (top-1; SRCC for AVA).
     """
-    cfg = cub_swinl.demo_config(data_path)
+    if recipe == "cub":
+        cfg = cub_swinl.config()
+        run = dataclasses.replace(cfg.run, name="compare_resizers", num_workers=1, checkpoint_every=10)
+    else:
+        module = imagenet_resnet50 if recipe == "imagenet" else ava_nima
+        cfg = module.config(backbone) if backbone else module.config()
+        run = dataclasses.replace(cfg.run, name=f"compare_resizers_{recipe}", checkpoint_every=5)
+    return dataclasses.replace(cfg, run=run, compare=ARMS)
+
+
+def demo_config(data_path: str, recipe: str = "cub") -> JobConfig:
+    """The recipe's demo model, shrunk so that 12 trials fit 15 minutes on 2 cores.
+
+    One worker per trial (two trials at a time). cub: 64 px crops into a 32 px backbone: the class lives
+    in a 2.0-2.15 px texture, which any crop size keeps, and the resizer's full-resolution 7x7 conv
+    costs a quarter of the 128 px demo's; no flips, as in every class demo (`DEMO_CLASS_HFLIP`). imagenet and ava: their demos (128 → 64, a small ResNet) at
+    fewer epochs.
+    """
+    if recipe == "cub":
+        cfg = cub_swinl.demo_config(data_path)
+        return dataclasses.replace(
+            cfg,
+            model=dataclasses.replace(cfg.model, img_size=32),
+            data=dataclasses.replace(cfg.data, crop_size=64),
+            optim=dataclasses.replace(cfg.optim, epochs=10, warmup_epochs=1),
+            run=dataclasses.replace(cfg.run, name="compare_resizers_demo", num_workers=1, checkpoint_every=100),
+            compare=ARMS,
+        )
+    module = imagenet_resnet50 if recipe == "imagenet" else ava_nima
+    cfg = module.demo_config(data_path)
     return dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, img_size=32),
-        data=DataConfig(path=data_path, resize_size=None, crop_size=64, batch_size=16, shuffle_buffer=64),
-        optim=dataclasses.replace(cfg.optim, epochs=10, warmup_epochs=1),
-        run=dataclasses.replace(cfg.run, name="compare_resizers_demo", num_workers=1, checkpoint_every=100),
-        compare=CompareConfig(learned=((16, 1),), fixed_arms=("bilinear", "bicubic", "area"), seeds=(0, 1, 2)),
+        optim=dataclasses.replace(cfg.optim, epochs=6),
+        run=dataclasses.replace(cfg.run, name=f"compare_resizers_{recipe}_demo", num_workers=1, checkpoint_every=100),
+        compare=ARMS,
     )
+
+
+def demo_data(recipe: str) -> str:
+    """The recipe's demo shards (generated once into the demo cache)."""
+    if recipe == "cub":
+        return ensure_demo_shards(num_classes=DEMO_CLASSES, num_images=DEMO_IMAGES)
+    if recipe == "ava":
+        return ensure_demo_shards("ava", image_size=ava_nima.DEMO_IMAGE_SIZE)
+    return ensure_demo_shards("imagenet")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__)
     parser.add_argument("--resume", action="store_true", help="continue the interrupted comparison of this --name")
-    parser.add_argument("--full-res", action="store_true", help="add the backbone at the full input resolution (costly)")
+    parser.add_argument("--full-res", action="store_true", help="add the backbone at the crop's full resolution, behind no resize (an upper reference)")
+    parser.add_argument(
+        "--recipe", choices=RECIPES, default="cub",
+        help="cub (default: Swin-L, top-1), imagenet (ResNet-50 2x, top-1) or ava (NIMA 2x, SRCC)",
+    )
+    parser.add_argument("--backbone", help="imagenet and ava recipes: the backbone (as in their jobs)")
     args = parser.parse_args(argv)
-    cfg = demo_config(args.data or ensure_demo_shards(num_classes=DEMO_CLASSES, num_images=DEMO_IMAGES)) if args.demo else config()
+    if args.backbone and (args.recipe == "cub" or args.demo):
+        parser.error("--backbone applies to the imagenet and ava recipes, not to cub or --demo; use --set model.backbone=...")
+    if args.demo:
+        cfg = demo_config(args.data or demo_data(args.recipe), args.recipe)
+    else:
+        try:
+            cfg = config(args.recipe, args.backbone)
+        except ValueError as err:
+            parser.error(str(err))
     cfg = resolve_config(cfg, args)
     if args.full_res:
         cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare, full_res=True))

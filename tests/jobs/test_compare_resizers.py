@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.ava import shard_ava
+from data_prep.demo_layouts import generate_ava_demo
+from data_prep.shards import ShardOptions
+
+from tests.jobs.conftest import TINY_RESNET
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "--set", "model.img_size=16",
@@ -60,3 +66,43 @@ def test_two_arms_two_seeds_write_every_report_file(tiny_shards, tmp_path):
     for history in directory.glob("train_*/history.jsonl"):
         assert [json.loads(line)["epoch"] for line in history.read_text().splitlines()] == [1, 2]
     assert "| learned_n4_r1 | 2 |" in result.stdout and "difference to bilinear" in result.stdout
+
+    # --resume of a finished comparison: nothing is rerun, the report is written again
+    results = {p: p.read_text() for p in directory.glob("trial_*/result.json")}
+    (directory / "comparison.json").unlink()
+    resumed = run_job("--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp", *TINY, "--resume")
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-4000:]
+    assert "resuming comparison 'cmp'" in output
+    assert {p: p.read_text() for p in directory.glob("trial_*/result.json")} == results
+    assert json.loads((directory / "comparison.json").read_text())["arms"] == summary["arms"]
+
+
+@pytest.mark.slow
+def test_ava_comparison_reports_srcc(tmp_path):
+    src = generate_ava_demo(tmp_path / "raw", num_images=60, image_size=(64, 64), workers=1)
+    shard_ava(src, str(tmp_path / "shards"), ShardOptions(shard_size=16, workers=1, verbose=False))
+    result = run_job(
+        "--recipe", "ava", "--demo", "--data", str(tmp_path / "shards"), "--storage", str(tmp_path), "--name", "ava",
+        *TINY_RESNET, "--set", "optim.epochs=1", "--set", "compare.learned=[[4, 1]]",
+        "--set", 'compare.fixed_arms=["bilinear"]', "--set", "compare.seeds=[0, 1]", "--set", "compare.max_concurrent=2",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    summary = json.loads((tmp_path / "ava" / "comparison.json").read_text())
+    assert summary["metric"] == "srcc" and summary["epochs"] == 1
+    rows = {r["arm"]: r for r in summary["arms"]}
+    assert set(rows) == {"learned_n4_r1", "bilinear"}
+    for row in rows.values():
+        assert row["final_estimate"]["n"] == 2 and -1.0 <= row["final_estimate"]["mean"] <= 1.0
+    assert "final srcc mean ± std" in result.stdout
+
+
+def test_class_demos_do_not_flip_their_mirror_classes():
+    """tests/data_prep/test_demo.py shows a flip swaps the demo's mirror classes; AVA's score survives it."""
+    from jobs import ava_nima, compare_resizers, cub_swinl, imagenet_resnet50
+
+    for cfg in (cub_swinl.demo_config("x"), imagenet_resnet50.demo_config("x"),
+                compare_resizers.demo_config("x", "cub"), compare_resizers.demo_config("x", "imagenet")):
+        assert cfg.data.hflip is False, cfg.run.name
+    assert ava_nima.demo_config("x").data.hflip and compare_resizers.demo_config("x", "ava").data.hflip
