@@ -222,6 +222,13 @@ def check_size(num_images: int, minimum: int, image_size: tuple[int, int]) -> No
         raise ValueError(f"image_size must be at least 16x16, got {image_size[0]}x{image_size[1]}")
 
 
+def check_classes(num_classes: int, num_images: int, image_size: tuple[int, int]) -> None:
+    """The arguments of a demo whose class is the texture: 2 to 12 classes, 2 images per class at least."""
+    if not 2 <= num_classes <= len(TEXTURES):
+        raise ValueError(f"num_classes must be in 2..{len(TEXTURES)}, got {num_classes}")
+    check_size(num_images, 2 * num_classes, image_size)
+
+
 def generate_demo(
     out_dir: str | Path,
     num_classes: int = 10,
@@ -247,9 +254,7 @@ def generate_demo(
         ValueError: an argument is out of range.
         DataPrepError: the target folder holds something that is not a demo dataset.
     """
-    if not 2 <= num_classes <= len(TEXTURES):
-        raise ValueError(f"num_classes must be in 2..{len(TEXTURES)}, got {num_classes}")
-    check_size(num_images, 2 * num_classes, image_size)
+    check_classes(num_classes, num_images, image_size)
     width, height = image_size
     root = Path(out_dir).resolve() / "CUB_200_2011"
     params = {"num_classes": num_classes, "num_images": num_images, "seed": seed, "image_size": [width, height]}

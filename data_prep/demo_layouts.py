@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.demo import TEXTURES, RenderJob, check_size, is_cached, mark_done, render_all
+from data_prep.demo import TEXTURES, RenderJob, check_classes, check_size, is_cached, mark_done, render_all
 
 NUM_SCORES = 10
 AVA_TEXTURES = [i for i, (name, _) in enumerate(TEXTURES) if name != "Highpass_Noise"]
@@ -56,9 +56,7 @@ def generate_imagenet_demo(
     Returns:
         The ``ILSVRC2012`` folder, ready for `data_prep.imagenet.shard_imagenet`.
     """
-    if not 2 <= num_classes <= len(TEXTURES):
-        raise ValueError(f"num_classes must be in 2..{len(TEXTURES)}, got {num_classes}")
-    check_size(num_images, 2 * num_classes, image_size)
+    check_classes(num_classes, num_images, image_size)
     width, height = image_size
     root = Path(out_dir).resolve() / "ILSVRC2012"
     params = {"layout": "imagenet", "num_classes": num_classes, "num_images": num_images, "seed": seed,
