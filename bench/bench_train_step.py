@@ -327,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         small, full = results
         print(f"{full['backbone']}: full {full['backbone_input']} / {small['backbone_input']} step time = "
               f"{full['step_ms'] / small['step_ms']:.2f}, peak memory = {full['peak_memory_gib'] / small['peak_memory_gib']:.2f}")
-    for learned, bilinear in zip(results[0::2], results[1::2]) if not args.full_res else []:
-        if learned["resizer"] == "learned" and bilinear["resizer"] == "bilinear":
-            print(f"{learned['backbone']}: learned / bilinear step time = {learned['step_ms'] / bilinear['step_ms']:.3f}")
+    else:
+        for learned, bilinear in zip(results[0::2], results[1::2]):
+            if learned["resizer"] == "learned" and bilinear["resizer"] == "bilinear":
+                print(f"{learned['backbone']}: learned / bilinear step time = {learned['step_ms'] / bilinear['step_ms']:.3f}")
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.node(),

@@ -103,6 +103,11 @@ def demo_config(data_path: str) -> JobConfig:
     )
 
 
+def demo_data() -> str:
+    """The AVA-layout demo shards (generated once into the demo cache)."""
+    return ensure_demo_shards("ava", image_size=DEMO_IMAGE_SIZE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__)
     parser.add_argument(
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.demo:
-        cfg = demo_config(args.data or ensure_demo_shards("ava", image_size=DEMO_IMAGE_SIZE))
+        cfg = demo_config(args.data or demo_data())
     else:
         try:
             cfg = config(args.backbone)

@@ -58,6 +58,7 @@ from jobs._common import ensure_demo_shards, init_ray, job_parser, resolve_confi
 from pipeline.config import CompareConfig, JobConfig  # noqa: E402
 
 RECIPES = ("cub", "imagenet", "ava")
+OTHER_RECIPES = {"imagenet": imagenet_resnet50, "ava": ava_nima}  # job modules with config(backbone), demo_config, demo_data
 # The CUB demo dataset for comparisons: the first 4 demo textures (vertical, horizontal, checkerboard, high-pass
 # noise), none a sum of others. The 10-class set adds composites (checkerboard = diagonal + anti-diagonal grating,
 # dot lattice = vertical + horizontal + checkerboard): telling those apart in 64 px crops takes conjunctions of
@@ -78,7 +79,7 @@ def config(recipe: str = "cub", backbone: str | None = None) -> JobConfig:
         cfg = cub_swinl.config()
         run = dataclasses.replace(cfg.run, name="compare_resizers", num_workers=1, checkpoint_every=10)
     else:
-        module = imagenet_resnet50 if recipe == "imagenet" else ava_nima
+        module = OTHER_RECIPES[recipe]
         cfg = module.config(backbone) if backbone else module.config()
         run = dataclasses.replace(cfg.run, name=f"compare_resizers_{recipe}", checkpoint_every=5)
     return dataclasses.replace(cfg, run=run, compare=ARMS)
@@ -102,8 +103,7 @@ def demo_config(data_path: str, recipe: str = "cub") -> JobConfig:
             run=dataclasses.replace(cfg.run, name="compare_resizers_demo", num_workers=1, checkpoint_every=100),
             compare=ARMS,
         )
-    module = imagenet_resnet50 if recipe == "imagenet" else ava_nima
-    cfg = module.demo_config(data_path)
+    cfg = OTHER_RECIPES[recipe].demo_config(data_path)
     return dataclasses.replace(
         cfg,
         optim=dataclasses.replace(cfg.optim, epochs=6),
@@ -113,12 +113,10 @@ def demo_config(data_path: str, recipe: str = "cub") -> JobConfig:
 
 
 def demo_data(recipe: str) -> str:
-    """The recipe's demo shards (generated once into the demo cache)."""
+    """The recipe's demo shards: for cub the comparison's own 4-class set, else the recipe job's demo data."""
     if recipe == "cub":
         return ensure_demo_shards(num_classes=DEMO_CLASSES, num_images=DEMO_IMAGES)
-    if recipe == "ava":
-        return ensure_demo_shards("ava", image_size=ava_nima.DEMO_IMAGE_SIZE)
-    return ensure_demo_shards("imagenet")
+    return OTHER_RECIPES[recipe].demo_data()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,6 +114,11 @@ def demo_config(data_path: str) -> JobConfig:
     )
 
 
+def demo_data() -> str:
+    """The ImageNet-layout demo shards (generated once into the demo cache)."""
+    return ensure_demo_shards("imagenet")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__)
     parser.add_argument(
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.demo:
-        cfg = demo_config(args.data or ensure_demo_shards("imagenet"))
+        cfg = demo_config(args.data or demo_data())
     else:
         try:
             cfg = config(args.backbone)
