@@ -36,7 +36,9 @@ SETTINGS = {  # name: (resize_size, crop_size)
 
 
 def _transform_kwargs(resize_size: int, crop_size: int) -> dict[str, Any]:
-    return dict(resize_size=resize_size, crop_size=crop_size, train=True, hflip=True)
+    from pipeline.tasks import get_task
+
+    return dict(resize_size=resize_size, crop_size=crop_size, train=True, task=get_task("classification"), hflip=True)
 
 
 # ---------------------------------------------------------------- the plain-loop limit
@@ -118,9 +120,10 @@ def dataloader_rate(dataset: Any, num_workers: int) -> float:
 def ray_rate(shards: Shards, resize_size: int, crop_size: int) -> float:
     from pipeline.config import DataConfig
     from pipeline.data import build_dataset
+    from pipeline.tasks import get_task
 
     cfg = DataConfig(path="unused", resize_size=resize_size, crop_size=crop_size, batch_size=BATCH_SIZE)
-    ds = build_dataset(cfg, shards.urls, train=True, seed=0)
+    ds = build_dataset(cfg, shards.urls, train=True, seed=0, task=get_task("classification"))
     return timed_rate(lambda: sum(int(b["valid"].sum()) for b in ds.iter_batches(batch_size=BATCH_SIZE, batch_format="numpy")))
 
 

@@ -56,7 +56,7 @@ def measure(cfg: JobConfig, *, device: torch.device, num_outputs: int, warmup: i
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    engine = setup_model_and_engine(cfg, num_outputs, 1, total_steps=1000, warmup_steps=10)
+    engine = setup_model_and_engine(cfg, num_outputs=num_outputs, world_size=1, warmup_steps=10, total_steps=1000)
     batch = cfg.data.batch_size
     pixels = torch.randint(0, 256, (batch, 3, cfg.data.crop_size, cfg.data.crop_size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, num_outputs, (batch,), device=device)
@@ -128,7 +128,7 @@ def interleaved_step_times(
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         init_single_process("gloo")
     torch.manual_seed(0)
-    engines = [setup_model_and_engine(cfg, num_outputs, 1, total_steps=1000, warmup_steps=10) for cfg in pair]
+    engines = [setup_model_and_engine(cfg, num_outputs=num_outputs, world_size=1, warmup_steps=10, total_steps=1000) for cfg in pair]
     batch = pair[0].data.batch_size
     size = pair[0].data.crop_size
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=engines[0].device)
@@ -197,7 +197,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         learned_ms, bilinear_ms = by_kind[("learned", True)]["step_ms"], by_kind[("bilinear", True)]["step_ms"]
         gpu_pair = [dataclasses.replace(c, model=dataclasses.replace(c.model, grad_checkpointing=False)) for c in gpu_configs()[:2]]
         flops = [forward_flops(cfg) for cfg in gpu_pair] if not quick else [None, None]
-        flops_ratio = flops[0] / flops[1] if not quick else 1 + 2.90 / 104  # BRIEF.md: 2.90 of 104 GMACs
+        flops_ratio = flops[0] / flops[1] if not quick else 1 + 2.90 / 104  # docs/method.md: 2.90 of 104 GMACs
         name = f"Swin-L 768→384, {stored['device']}, bf16 ZeRO-2, batch 8 (stored {stored['date'][:10]})"
         figures["gpu"] = {"setting": name, "step_ms": {"learned": learned_ms, "bilinear": bilinear_ms},
                           "forward_gflops": None if quick else {"learned": flops[0] / 1e9, "bilinear": flops[1] / 1e9},

@@ -92,7 +92,7 @@ def _rank_main(rank: int, stage: int, quick: bool, port: int, queue: Any) -> Non
 
     cfg = job_config(stage, quick)
     torch.manual_seed(0)
-    engine = setup_model_and_engine(cfg, 200, NUM_RANKS, total_steps=100, warmup_steps=1)
+    engine = setup_model_and_engine(cfg, num_outputs=200, world_size=NUM_RANKS, warmup_steps=1, total_steps=100)
     num_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in engine.module.parameters())
     pixels = torch.randint(0, 256, (1, 3, cfg.data.crop_size, cfg.data.crop_size), dtype=torch.uint8)
     # Step once (Adam's moments now exist), then backward again and measure before the second step:

@@ -6,11 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pipeline.config import FIXED_RESIZER_KINDS, JobConfig, apply_overrides
+from pipeline.config import JobConfig, apply_overrides
+from pipeline.resizer import RESIZER_KINDS
 
 DEMO_CACHE_ENV = "LEARNED_RESIZER_CACHE"
+C = TypeVar("C", bound=JobConfig)
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -22,7 +24,7 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, help="Ray Train workers, one per GPU (run.num_workers)")
     parser.add_argument(
         "--resizer",
-        choices=["learned", *FIXED_RESIZER_KINDS],
+        choices=RESIZER_KINDS,
         help="learned resizer or a fixed baseline (resizer.kind)",
     )
     parser.add_argument(
@@ -30,10 +32,11 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--demo", action="store_true", help="laptop run: local Ray, CPU, generated data, small model")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's and DeepSpeed's own log lines, with worker prefixes")
     return parser
 
 
-def resolve_config(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
+def resolve_config(cfg: C, args: argparse.Namespace) -> C:
     """Applies the named options, then `--set` overrides (which win)."""
     overrides = []
     if args.data:
@@ -154,25 +157,38 @@ def paper_2x_sizes(backbone: str) -> tuple[int, int]:
     return round(2 * side * RESIZE_PER_CROP), 2 * side
 
 
-def init_ray(demo: bool) -> None:
-    """Connects to the cluster (`ray job submit`, RAY_ADDRESS) or starts a local Ray for a demo."""
+def init_ray(demo: bool, *, verbose: bool = False) -> None:
+    """Connects to the cluster (`ray job submit`, RAY_ADDRESS) or starts a local Ray for a demo.
+
+    Unless `verbose`, the console shows the job's own lines only: the plan, the loop's lines (sent
+    to this process, see `pipeline.launch.console_lines`) and the summary. Workers' output (Ray's,
+    DeepSpeed's, torch's) stays in their log files (the dashboard shows them); `verbose` forwards it
+    here, each line prefixed with its process, and keeps Ray's INFO lines.
+    """
+    import logging
+
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints once, not twice
     if ray.is_initialized():
         return
+    options: dict[str, Any] = {
+        "runtime_env": {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+    }
     if os.environ.get("RAY_ADDRESS") or not demo:
-        ray.init(runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        ray.init(**options)
     else:
         # Logical CPUs: 2 Train workers plus Ray Data read tasks on a 2-core laptop (see README).
-        ray.init(num_cpus=max(8, os.cpu_count() or 1), runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        ray.init(num_cpus=max(8, os.cpu_count() or 1), **options)
 
 
-def print_summary(result: Any, cfg: JobConfig) -> None:
-    """The results table (one row per epoch, every metric of the task) and where the outputs went."""
-    from pipeline.tasks import get_task
-
-    metrics = get_task(cfg.task).metric_names
+def print_summary(result: Any, cfg: JobConfig, *, reference: str | None = None) -> None:
+    """The results table (one row per epoch, every metric of the task), what the final metric means
+    (next to chance, and to `reference`, a measured figure of another resizer), and where the outputs went."""
+    task = result.run.task
+    metrics = task.metric_names
     widths = [max(8, len(m)) for m in metrics]
     header = "  ".join(f"{m:>{w}}" for m, w in zip(metrics, widths))
     print(f"\n{'epoch':>5}  {'train loss':>10}  {header}  {'img/s':>7}  skipped")
@@ -180,6 +196,14 @@ def print_summary(result: Any, cfg: JobConfig) -> None:
         skipped = record.get("skipped_train", 0) + record.get("skipped_eval", 0)
         values = "  ".join(f"{record[m]:>{w}.4f}" for m, w in zip(metrics, widths))
         print(f"{record['epoch']:>5}  {record['train_loss']:>10.4f}  {values}  {record['images_per_second']:>7.1f}  {skipped}")
+    if result.history:
+        final = result.history[-1][task.target_metric]
+        print(
+            f"\nfinal {task.target_metric} {final:.3f} with the {cfg.resizer.kind} resizer; "
+            f"chance: {task.chance(result.run.num_outputs):.3f} ({task.chance_meaning(result.run.num_outputs)})"
+        )
+        if reference:
+            print(reference)
     print(f"\nrun folder:        {result.run_dir}")
     print(f"best checkpoint:   {result.best_checkpoint}")
     print(f"latest checkpoint: {result.latest_checkpoint}")
@@ -189,38 +213,53 @@ def print_summary(result: Any, cfg: JobConfig) -> None:
 
 def write_grid(result: Any, cfg: JobConfig) -> str | None:
     """The resizer grid PNG of the best checkpoint, next to the run (local storage)."""
-    if cfg.resizer.kind != "learned" or result.best_checkpoint is None or "://" in result.run_dir:
+    from pipeline.layout import GRID_FILE, is_uri
+    from pipeline.resizer import resizer_kind
+
+    if not resizer_kind(cfg.resizer.kind).learned or result.best_checkpoint is None or is_uri(result.run_dir):
         return None
     from pipeline.resizer_grid import load_model, resizer_grid, sample_images
 
     model, saved_cfg = load_model(result.best_checkpoint, cfg)
-    crops = sample_images(saved_cfg, data=cfg.data.path, split=cfg.data.eval_split, images=[], count=4)
-    return str(resizer_grid(model, crops, Path(result.run_dir) / "resizer_grid.png"))
+    crops = sample_images(saved_cfg, urls=result.run.eval_urls, images=[], count=4)
+    return str(resizer_grid(model, crops, Path(result.run_dir) / GRID_FILE, kind=saved_cfg.resizer.kind))
 
 
-def run_job(cfg: JobConfig, *, demo: bool, print_config: bool = False) -> int:
-    """Launches a job and prints its summary; exits 2 on a configuration or data error."""
+def show_config(cfg: JobConfig) -> int:
+    """`--print-config`: the resolved config as JSON."""
+    import json
+
     from pipeline.config import to_dict
-    from pipeline.data import read_manifest
+
+    print(json.dumps(to_dict(cfg), indent=2))
+    return 0
+
+
+def run_job(
+    cfg: JobConfig, *, demo: bool, print_config: bool = False, verbose: bool = False, reference: str | None = None
+) -> int:
+    """Launches a job and prints its summary; exits 2 on a configuration or data error.
+
+    Args:
+        reference: a measured figure to read the result against (e.g. bilinear on the demo), printed last.
+    """
     from pipeline.launch import launch
+    from pipeline.manifest import read_manifest
 
     if print_config:
-        import json
-
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
+        return show_config(cfg)
     try:
-        read_manifest(cfg.data.path)  # missing or bad shards: said before Ray starts
+        manifest = read_manifest(cfg.data.path)  # missing or bad shards: said before Ray starts
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    init_ray(demo)
+    init_ray(demo, verbose=verbose)
     try:
-        result = launch(cfg)
+        result = launch(cfg, manifest=manifest, verbose=verbose)
     except ValueError as err:  # bad config or data: fail fast with the field and the fix
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print_summary(result, cfg)
+    print_summary(result, cfg, reference=reference)
     grid = write_grid(result, cfg)
     if grid:
         print(f"resizer grid:      {grid}")

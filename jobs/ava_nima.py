@@ -5,7 +5,7 @@ predicts the vote distribution, the loss is the squared EMD between cumulative d
 epoch evaluates the whole test split once: SRCC and LCC of the predicted mean score against the true mean,
 EMD (r=2), and binary accuracy at mean score 5. The job fails fast on shards that carry classes instead of votes.
 
-Backbone: `inception_v3` by default, because the reference NIMA numbers (BRIEF.md) are Inception-v2's and timm
+Backbone: `inception_v3` by default, because the reference NIMA numbers (docs/method.md) are Inception-v2's and timm
 has no v2; v3 is its nearest relative, ImageNet-pretrained (`model.pretrained=true`) with a new 10-bin head.
 `--backbone` takes the other families (densenet121, resnet50, mobilenetv2, efficientnet_b0, any timm name;
 efficientnet_b0 is the cheap choice). As for ImageNet, the paper's 2x setting: the backbone keeps its own
@@ -27,7 +27,7 @@ Cluster (8 GPUs; shards from `python -m data_prep ava --src AVA_dataset --out ..
     2.0M / ~6,000 ≈ 6 min of training plus 51,000 eval images per epoch (~5 s each): 10-20 min on 8x A100.
     Expected result: the bilinear arm near NIMA's reference (Inception-v2, 224, bilinear: LCC 0.638, SRCC 0.612,
     EMD 0.050); the paper reports the learned resizer improving on its three IQA baselines (its AVA numbers
-    are not in BRIEF.md). Run both arms with the same seed and compare the results table.
+    are not in docs/method.md). Run both arms with the same seed and compare the results table.
 
 Laptop (2 CPU cores, no GPU, ~3 min): the same code path on generated data in the AVA layout
 (`python -m data_prep demo --layout ava`: AVA.txt + images/<id>.jpg, the mean score set by the contrast of a
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config(args.backbone)
         except ValueError as err:
             parser.error(str(err))
-    return run_job(resolve_config(cfg, args), demo=args.demo, print_config=args.print_config)
+    return run_job(resolve_config(cfg, args), demo=args.demo, print_config=args.print_config, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Cluster (12 GPUs: 4 arms x 3 seeds, each the reference recipe at 1xb8; shards fr
         python jobs/compare_resizers.py --data s3://BUCKET/cub-shards --storage s3://BUCKET/compare
 
     Each trial is the reference recipe on one GPU at batch 8 (Swin-L, 768 → 384, 100 epochs): the setting in
-    which its author measured the resizer losing (91.66 → 90.58, BRIEF.md). Expected runtime: 4.2 h of training
+    which its author measured the resizer losing (91.66 → 90.58, docs/method.md). Expected runtime: 4.2 h of training
     per trial (5,994 images x 100 epochs at the 40 img/s measured on one H100, bench/results/train_step_h100.json),
     about 5.5 h with evaluation; all 12 trials at once on 12+ GPUs. Expected result: learned within about
     ±1 point of bilinear top-1.
@@ -54,21 +54,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir wins
 
 from jobs import ava_nima, cub_swinl, imagenet_resnet50  # noqa: E402
-from jobs._common import ensure_demo_shards, init_ray, job_parser, resolve_config  # noqa: E402
-from pipeline.config import CompareConfig, JobConfig  # noqa: E402
+from jobs._common import init_ray, job_parser, resolve_config, show_config  # noqa: E402
+from pipeline.config import CompareConfig, CompareJobConfig, JobConfig, RunConfig  # noqa: E402
 
 RECIPES = ("cub", "imagenet", "ava")
 OTHER_RECIPES = {"imagenet": imagenet_resnet50, "ava": ava_nima}  # job modules with config(backbone), demo_config, demo_data
-# The CUB demo dataset for comparisons: the first 4 demo textures (vertical, horizontal, checkerboard, high-pass
-# noise), none a sum of others. The 10-class set adds composites (checkerboard = diagonal + anti-diagonal grating,
-# dot lattice = vertical + horizontal + checkerboard): telling those apart in 64 px crops takes conjunctions of
-# orientation energies near Nyquist, and within the demo's 10 epochs some learned runs plateaued at top-1 0.25.
-DEMO_CLASSES = 4
-DEMO_IMAGES = 600
 ARMS = CompareConfig(learned=((16, 1),), fixed_arms=("bilinear", "bicubic", "area"), seeds=(0, 1, 2))
 
 
-def config(recipe: str = "cub", backbone: str | None = None) -> JobConfig:
+def _comparison(cfg: JobConfig, run: RunConfig) -> CompareJobConfig:
+    """The recipe's training config with the comparison's run settings and arms."""
+    return CompareJobConfig.extend(cfg, run=run, compare=ARMS)
+
+
+def config(recipe: str = "cub", backbone: str | None = None) -> CompareJobConfig:
     """A recipe's job, learned vs bilinear, bicubic, area, 3 seeds.
 
     cub: the reference recipe at 1xb8 (one GPU per trial). imagenet and ava: the 2x recipes of
@@ -82,41 +81,34 @@ def config(recipe: str = "cub", backbone: str | None = None) -> JobConfig:
         module = OTHER_RECIPES[recipe]
         cfg = module.config(backbone) if backbone else module.config()
         run = dataclasses.replace(cfg.run, name=f"compare_resizers_{recipe}", checkpoint_every=5)
-    return dataclasses.replace(cfg, run=run, compare=ARMS)
+    return _comparison(cfg, run)
 
 
-def demo_config(data_path: str, recipe: str = "cub") -> JobConfig:
+def demo_config(data_path: str, recipe: str = "cub") -> CompareJobConfig:
     """The recipe's demo model, shrunk so that 12 trials fit 15 minutes on 2 cores.
 
-    One worker per trial (two trials at a time). cub: 64 px crops into a 32 px backbone: the class lives
-    in a 2.0-2.15 px texture, which any crop size keeps, and the resizer's full-resolution 7x7 conv
-    costs a quarter of the 128 px demo's; no flips, as in every class demo (`DEMO_CLASS_HFLIP`). imagenet and ava: their demos (128 → 64, a small ResNet) at
-    fewer epochs.
+    One worker per trial (two trials at a time). cub: the cub_swinl demo (64 px crops into a 32 px
+    backbone, no flips) at batch 16, the global batch of its 2 x 8, for 10 epochs. imagenet and ava:
+    their demos (128 → 64, a small ResNet) at fewer epochs.
     """
     if recipe == "cub":
         cfg = cub_swinl.demo_config(data_path)
-        return dataclasses.replace(
+        cfg = dataclasses.replace(
             cfg,
-            model=dataclasses.replace(cfg.model, img_size=32),
-            data=dataclasses.replace(cfg.data, crop_size=64),
+            data=dataclasses.replace(cfg.data, batch_size=16),
             optim=dataclasses.replace(cfg.optim, epochs=10, warmup_epochs=1),
-            run=dataclasses.replace(cfg.run, name="compare_resizers_demo", num_workers=1, checkpoint_every=100),
-            compare=ARMS,
         )
+        return _comparison(cfg, dataclasses.replace(cfg.run, name="compare_resizers_demo", num_workers=1, checkpoint_every=100))
     cfg = OTHER_RECIPES[recipe].demo_config(data_path)
-    return dataclasses.replace(
-        cfg,
-        optim=dataclasses.replace(cfg.optim, epochs=6),
-        run=dataclasses.replace(cfg.run, name=f"compare_resizers_{recipe}_demo", num_workers=1, checkpoint_every=100),
-        compare=ARMS,
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=6))
+    return _comparison(
+        cfg, dataclasses.replace(cfg.run, name=f"compare_resizers_{recipe}_demo", num_workers=1, checkpoint_every=100)
     )
 
 
 def demo_data(recipe: str) -> str:
-    """The recipe's demo shards: for cub the comparison's own 4-class set, else the recipe job's demo data."""
-    if recipe == "cub":
-        return ensure_demo_shards(num_classes=DEMO_CLASSES, num_images=DEMO_IMAGES)
-    return OTHER_RECIPES[recipe].demo_data()
+    """The recipe job's demo shards."""
+    return (OTHER_RECIPES[recipe] if recipe != "cub" else cub_swinl).demo_data()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,28 +134,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.full_res:
         cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare, full_res=True))
     if args.print_config:
-        import json
-
-        from pipeline.config import to_dict
-
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
+        return show_config(cfg)
     import time
 
     from pipeline.compare import format_table, write_comparison
-    from pipeline.launch import with_absolute_storage
-    from pipeline.tune import experiment_dir, run_comparison
+    from pipeline.layout import is_uri
+    from pipeline.tune import run_comparison
 
-    init_ray(args.demo)
+    init_ray(args.demo, verbose=args.verbose)
     started = time.perf_counter()
     try:
-        run_comparison(cfg, resume=args.resume)
+        directory = run_comparison(cfg, resume=args.resume, verbose=args.verbose).directory
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     minutes = (time.perf_counter() - started) / 60
-    directory = experiment_dir(with_absolute_storage(cfg))
-    if "://" in directory:
+    if is_uri(directory):
         print(f"comparison in {directory}; sync it and run: python -m pipeline.compare <local folder>")
         return 0
     summary = write_comparison(directory)

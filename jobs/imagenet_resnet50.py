@@ -20,13 +20,13 @@ Cluster (8 GPUs, one per worker; shards from `python -m data_prep imagenet --src
     ray job submit ... -- python jobs/imagenet_resnet50.py ... --backbone densenet121
 
     Expected runtime (estimate, not measured): 20 epochs x 1,281,167 images = 25.6M training images. Compute per
-    image: ResNet-50 at 224 is 4.1 GMACs, the 448 → 224 resizer 0.99 GMACs (BRIEF.md), so ~5.1 GMACs forward,
+    image: ResNet-50 at 224 is 4.1 GMACs, the 448 → 224 resizer 0.99 GMACs (docs/method.md), so ~5.1 GMACs forward,
     ~31 GFLOPs per trained image; an A100 in bf16 at ~35% of its 312 TFLOP/s gives ~3,500 img/s, say 2,000 with
     the resizer's memory-bound 448-px maps: 16,000 img/s for 8 GPUs. Decoding is the bound: ~400 img/s per core
-    for ImageNet-sized JPEGs with Pillow plus the 512-px resize (BRIEF.md: 390 img/s with libjpeg-turbo for
+    for ImageNet-sized JPEGs with Pillow plus the 512-px resize (docs/method.md: 390 img/s with libjpeg-turbo for
     550x680), i.e. ~10,000-16,000 img/s on a 96-vCPU p4d node. 25.6M / ~10,000 img/s ≈ 45 min, plus
     50,000 eval images per epoch (~5 s each): about 1 h on 8x A100 (one p4d.24xlarge), 2-3 h on 8x V100.
-    Expected result: the paper's DenseNet-121 figures (BRIEF.md): top-5 error 12.8% with bilinear → 10.8% with the
+    Expected result: the paper's DenseNet-121 figures (docs/method.md): top-5 error 12.8% with bilinear → 10.8% with the
     learned resizer (top-5 0.872 → 0.892), at 5.67 → 7.65 GFLOPs; it reports gains for all four families.
     timm's pretrained weights are stronger than the paper's baselines, so compare against `--resizer bilinear`
     with the same recipe, not against the paper's absolute numbers; the start (epoch-0) accuracy is close to the
@@ -71,8 +71,8 @@ from pipeline.config import (  # noqa: E402
 def config(backbone: str = "resnet50") -> JobConfig:
     """The 2x ImageNet recipe: pretrained classifier + zero-initialised learned resizer, fine-tuned jointly.
 
-    The schedule is ours (the paper's is not in BRIEF.md): AdamW, a small backbone learning rate for a
-    pretrained network and a 20x larger one for the resizer, which starts from scratch (BRIEF.md: it needs
+    The schedule is ours (docs/method.md records none from the paper): AdamW, a small backbone learning rate for a
+    pretrained network and a 20x larger one for the resizer, which starts from scratch (docs/method.md: it needs
     more steps than the backbone), 20 epochs with a 1-epoch warm-up; global batch 512 (64 x 8 GPUs).
     """
     timm_name = resolve_backbone(backbone)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config(args.backbone)
         except ValueError as err:
             parser.error(str(err))
-    return run_job(resolve_config(cfg, args), demo=args.demo, print_config=args.print_config)
+    return run_job(resolve_config(cfg, args), demo=args.demo, print_config=args.print_config, verbose=args.verbose)
 
 
 if __name__ == "__main__":

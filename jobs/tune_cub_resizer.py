@@ -10,7 +10,7 @@ Cluster (16 GPUs: 8 trials of 2 GPUs at a time; shards from `python -m data_prep
     ASHA (grace 3 epochs, reduction 3) on validation top-1. The first two trials are a pair: the recipe's learned
     resizer and plain bilinear with the same values. Expected runtime: a full 30-epoch trial of Swin-L on
     2 A100s takes ~1.5 h; with ASHA stopping most trials after 3-9 epochs, ~25% of 24 x 30 trial-epochs run:
-    about 6-8 h on 16 GPUs. Expected result: learned within ±1 point of bilinear top-1 on CUB (BRIEF.md).
+    about 6-8 h on 16 GPUs. Expected result: learned within ±1 point of bilinear top-1 on CUB (docs/method.md).
 
 Resume an interrupted search (finished trials are not rerun; unfinished ones continue from their checkpoints):
 
@@ -35,14 +35,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir wins
 
 from jobs import cub_swinl  # noqa: E402
-from jobs._common import ensure_demo_shards, init_ray, job_parser, resolve_config  # noqa: E402
-from pipeline.config import JobConfig, SearchConfig  # noqa: E402
+from jobs._common import ensure_demo_shards, init_ray, job_parser, resolve_config, show_config  # noqa: E402
+from pipeline.config import SearchConfig, SearchJobConfig  # noqa: E402
 
 
-def config() -> JobConfig:
+def config() -> SearchJobConfig:
     """The reference recipe with a search over the resizer, 30-epoch trials, 2 GPUs each."""
     cfg = cub_swinl.config()
-    return dataclasses.replace(
+    return SearchJobConfig.extend(
         cfg,
         optim=dataclasses.replace(cfg.optim, epochs=30, warmup_epochs=2),
         run=dataclasses.replace(cfg.run, name="tune_cub_resizer", num_workers=2, checkpoint_every=3),
@@ -59,11 +59,14 @@ def config() -> JobConfig:
     )
 
 
-def demo_config(data_path: str) -> JobConfig:
-    """The laptop demo: the cub_swinl demo model, 6 short trials of one worker, ASHA from epoch 1."""
+def demo_config(data_path: str) -> SearchJobConfig:
+    """The laptop demo: the cub_swinl demo model at 64 px behind 128 or 96 px crops (batch 16), 6 short
+    trials of one worker, ASHA from epoch 1, on the 10-class demo set."""
     cfg = cub_swinl.demo_config(data_path)
-    return dataclasses.replace(
+    return SearchJobConfig.extend(
         cfg,
+        model=dataclasses.replace(cfg.model, img_size=64),
+        data=dataclasses.replace(cfg.data, crop_size=128, batch_size=16),
         optim=dataclasses.replace(cfg.optim, epochs=5, warmup_epochs=1),
         run=dataclasses.replace(cfg.run, name="tune_cub_resizer_demo", num_workers=1, checkpoint_every=2),
         search=SearchConfig(
@@ -80,8 +83,9 @@ def demo_config(data_path: str) -> JobConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.layout import is_uri
     from pipeline.report import format_table, write_report
-    from pipeline.tune import experiment_dir, run_search
+    from pipeline.tune import run_search
 
     parser = job_parser(__doc__)
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search of this --name")
@@ -89,23 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = demo_config(args.data or ensure_demo_shards()) if args.demo else config()
     cfg = resolve_config(cfg, args)
     if args.print_config:
-        import json
-
-        from pipeline.config import to_dict
-
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    init_ray(args.demo)
+        return show_config(cfg)
+    init_ray(args.demo, verbose=args.verbose)
     try:
-        run_search(cfg, resume=args.resume)
+        directory = run_search(cfg, resume=args.resume, verbose=args.verbose).directory
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    directory = experiment_dir(cfg)
-    if "://" not in directory:
-        from pipeline.launch import with_absolute_storage
-
-        directory = experiment_dir(with_absolute_storage(cfg))
+    if not is_uri(directory):
         summary = write_report(directory)
         print(format_table(summary))
         print(f"report:      {directory}/report.html")

@@ -1,13 +1,16 @@
-"""Checkpoints: DeepSpeed shards for resuming, plus one consolidated weights file for using.
+"""Checkpoints: DeepSpeed shards for resuming, plus one consolidated weights file for using; the run's files.
 
-A checkpoint directory (one per saved epoch, kept by Ray Train under `<storage>/<name>/`) holds:
+A checkpoint directory (one per saved epoch, kept by Ray Train under `<storage>/<name>/`; names in
+`pipeline.layout`) holds:
 
     ds/                      DeepSpeed engine state: every rank writes its own ZeRO shard
     latest                   DeepSpeed's pointer to `ds`
     model.pt                 rank 0: {"config", "num_outputs", "class_names", "epoch", "step", "state_dict"}
                              full-precision weights of resizer + backbone, loadable without DeepSpeed
+    meta.json                epoch, step, best, world size, ZeRO stage (read without DeepSpeed)
 
-Run files beside the checkpoints: `tensorboard/`, `history.jsonl` (one line of metrics per epoch).
+Run files beside the checkpoints: `tensorboard/`, `history.jsonl` (one line of metrics per epoch),
+and `stopped.txt` while a deliberate stop of the loop has not reached the driver.
 """
 
 from __future__ import annotations
@@ -22,22 +25,18 @@ from typing import Any
 
 import torch
 
-DEEPSPEED_TAG = "ds"
-WEIGHTS_FILE = "model.pt"
-HISTORY_FILE = "history.jsonl"
-STOP_FILE = "stopped.txt"
+from pipeline.layout import (
+    DEEPSPEED_TAG,
+    HISTORY_FILE,
+    META_FILE,
+    RAY_CHECKPOINT_SNAPSHOT,
+    STOP_FILE,
+    WEIGHTS_FILE,
+    is_uri,
+    join,
+)
+
 SAVE_DELAY_ENV = "LEARNED_RESIZER_TEST_SAVE_DELAY_S"
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def run_dir(storage: str, name: str) -> str:
-    """`<storage>/<name>`: an absolute local path, or a URI."""
-    if is_uri(storage):
-        return posixpath.join(storage.rstrip("/"), name)
-    return os.path.join(os.path.abspath(storage.removeprefix("file://")), name)
 
 
 def save_checkpoint(engine: Any, directory: str, *, client_state: dict[str, Any], weights_meta: dict[str, Any]) -> None:
@@ -71,7 +70,7 @@ def load_checkpoint(engine: Any, directory: str) -> dict[str, Any]:
 
 def saved_world_size(directory: str) -> int | None:
     """World size recorded in a checkpoint's `meta.json` (read without DeepSpeed)."""
-    meta_path = os.path.join(directory, "meta.json")
+    meta_path = os.path.join(directory, META_FILE)
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             return int(json.load(f)["world_size"])
@@ -87,18 +86,18 @@ def latest_checkpoint_meta(run_directory: str) -> dict[str, Any] | None:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(run_directory)
-    snapshot = posixpath.join(path, "checkpoint_manager_snapshot.json")
+    snapshot = posixpath.join(path, RAY_CHECKPOINT_SNAPSHOT)
     if not fs.exists(snapshot):
         return None
     latest = json.loads(fs.cat_file(snapshot)).get("latest_checkpoint_result")
     if not latest:
         return None
-    meta = posixpath.join(path, latest["checkpoint_dir_name"], "meta.json")
+    meta = posixpath.join(path, latest["checkpoint_dir_name"], META_FILE)
     return {"checkpoint": latest["checkpoint_dir_name"], **json.loads(fs.cat_file(meta))} if fs.exists(meta) else None
 
 
 def write_meta(directory: str, meta: dict[str, Any]) -> None:
-    with open(os.path.join(directory, "meta.json"), "w") as f:
+    with open(os.path.join(directory, META_FILE), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
 
 
@@ -166,7 +165,7 @@ class LocalMirror:
     """A local folder mirrored to `<run dir>/<name>`: TensorBoard writes locally, uploads per epoch."""
 
     def __init__(self, run_directory: str, name: str) -> None:
-        self.target = posixpath.join(run_directory, name) if is_uri(run_directory) else os.path.join(run_directory, name)
+        self.target = join(run_directory, name)
         self.local = tempfile.mkdtemp(prefix=f"{name}-") if is_uri(run_directory) else self.target
         os.makedirs(self.local, exist_ok=True)
 

@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.layout import CHECKPOINT_PREFIX, WEIGHTS_FILE, is_uri, trial_run_name
 from pipeline.report import Trial, load_trials
+from pipeline.resizer import resizer_kind
 
 REPORT_FILES = ("comparison.md", "comparison.json", "accuracy_per_arm.png", "learning_curves.png", "comparison.html")
 
@@ -96,11 +98,18 @@ def arm_runs(trials: list[Trial], metric: str) -> dict[str, dict[int, Trial]]:
 
 
 def summarize(
-    runs: dict[str, dict[int, Trial]], *, metric: str, baseline: str, epochs: int, confidence: float = 0.95
+    runs: dict[str, dict[int, Trial]],
+    *,
+    metric: str,
+    baseline: str,
+    epochs: int,
+    confidence: float = 0.95,
+    kinds: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Per arm: final and best metric over seeds, and the paired difference to `baseline`.
 
     Only runs that reached `epochs` count for the final metric; unfinished ones are listed.
+    `kinds` gives each arm's `resizer.kind` (the figures style learned and fixed arms apart).
     """
     final = {
         arm: {seed: t.curve(metric)[-1][1] for seed, t in by_seed.items() if t.curve(metric)[-1][0] >= epochs}
@@ -108,7 +117,7 @@ def summarize(
     }
     rows = []
     for arm, by_seed in runs.items():
-        row: dict[str, Any] = {"arm": arm, "seeds": sorted(final[arm]), "final": final[arm]}
+        row: dict[str, Any] = {"arm": arm, "kind": (kinds or {}).get(arm), "seeds": sorted(final[arm]), "final": final[arm]}
         row["unfinished_seeds"] = sorted(set(by_seed) - set(final[arm]))
         row["final_estimate"] = asdict(t_interval(list(final[arm].values()), confidence)) if final[arm] else None
         best = [t.best(metric) for t in by_seed.values()]
@@ -175,6 +184,14 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------- figures
 
+def _learned(kind: str | None) -> bool:
+    return kind is not None and resizer_kind(kind).learned
+
+
+def _color(kind: str | None, index: int) -> str:
+    return resizer_kind(kind).color if kind is not None else f"C{index}"
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -193,7 +210,7 @@ def plot_arms(summary: dict[str, Any], path: Path) -> Path:
         est = row["final_estimate"]
         ax.scatter([x + 0.15] * len(row["final"]), list(row["final"].values()), color="gray", s=14, zorder=3)
         error = None if math.isnan(est["low"]) else [[est["mean"] - est["low"]], [est["high"] - est["mean"]]]
-        ax.errorbar([x], [est["mean"]], yerr=error, fmt="o", capsize=6, color="C3" if row["arm"].startswith("learned") else "C0")
+        ax.errorbar([x], [est["mean"]], yerr=error, fmt="o", capsize=6, color="C3" if _learned(row["kind"]) else "C0")
     ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=20)
     ax.set_ylabel(f"final {summary['metric']}")
     ax.set_title(f"{summary['metric']} after {summary['epochs']} epochs: mean and {summary['confidence']:.0%} CI (gray: seeds)", fontsize=9)
@@ -204,8 +221,8 @@ def plot_arms(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def plot_learning_curves(runs: dict[str, dict[int, Trial]], metric: str, path: Path) -> Path:
-    """Mean ± std over seeds of the metric per epoch, one band per arm."""
+def plot_learning_curves(runs: dict[str, dict[int, Trial]], metric: str, path: Path, kinds: dict[str, str] | None = None) -> Path:
+    """Mean ± std over seeds of the metric per epoch, one band per arm (solid: learned resizers)."""
     import numpy as np
 
     plt = _pyplot()
@@ -216,9 +233,10 @@ def plot_learning_curves(runs: dict[str, dict[int, Trial]], metric: str, path: P
         values = [[c[e] for c in curves if e in c] for e in epochs]
         mean = np.array([np.mean(v) for v in values])
         std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
-        style = "-" if arm.startswith("learned") else "--"
-        ax.plot(epochs, mean, style, marker="o", markersize=3, color=f"C{index}", label=f"{arm} ({len(curves)} seeds)")
-        ax.fill_between(epochs, mean - std, mean + std, color=f"C{index}", alpha=0.2)
+        kind = (kinds or {}).get(arm)
+        style, color = ("-" if _learned(kind) else "--"), f"C{index}"
+        ax.plot(epochs, mean, style, marker="o", markersize=3, color=color, label=f"{arm} ({len(curves)} seeds)")
+        ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title("mean ± std over seeds (dashed: fixed resizers)", fontsize=9)
@@ -232,14 +250,15 @@ def plot_learning_curves(runs: dict[str, dict[int, Trial]], metric: str, path: P
 
 def latest_checkpoint(run_directory: Path) -> Path | None:
     """The last epoch's checkpoint folder of a Train run (the model whose final metric is reported)."""
-    folders = sorted(p for p in run_directory.glob("checkpoint_epoch_*") if (p / "model.pt").is_file())
+    folders = sorted(p for p in run_directory.glob(f"{CHECKPOINT_PREFIX}*") if (p / WEIGHTS_FILE).is_file())
     return folders[-1] if folders else None
 
 
 def grid_all_resizers(directory: Path, summary: dict[str, Any], runs: dict[str, dict[int, Trial]], job: Any, *, count: int = 4) -> Path | None:
     """`resizer_grid_all.png`: the same evaluation crops through every arm's resizer. Learned arms
     use the final checkpoint of their best seed; fixed arms are built from their kind."""
-    from pipeline.resizer import FixedResizer
+    from pipeline.resizer import build_resizer
+    from pipeline.manifest import read_manifest, shard_urls
     from pipeline.resizer_grid import load_model, resizer_columns_grid, sample_images
 
     by_arm = {r["arm"]: r for r in summary["arms"]}
@@ -247,17 +266,19 @@ def grid_all_resizers(directory: Path, summary: dict[str, Any], runs: dict[str, 
     for arm, by_seed in runs.items():
         finals = by_arm[arm]["final"] or {s: t.curve(summary["metric"])[-1][1] for s, t in by_seed.items()}
         seed = max(finals, key=finals.get)
-        checkpoint = latest_checkpoint(directory / f"train_{by_seed[seed].trial_id}")
+        checkpoint = latest_checkpoint(directory / trial_run_name(by_seed[seed].trial_id))
         if checkpoint is None:
             continue
         model, saved = load_model(str(checkpoint), job)
         reference = reference or (model, saved)
-        resizer = model.resizer if saved.resizer.kind == "learned" else FixedResizer((model.input_size,) * 2, saved.resizer.kind)
-        columns.append((f"{arm} (seed {seed}) {model.input_size}px", resizer.float()))
+        # A fixed arm's resizer to the model's own input size (the full-resolution arm's is the identity).
+        resizer = model.resizer if resizer_kind(saved.resizer.kind).learned else build_resizer(saved.resizer, (model.input_size,) * 2)
+        columns.append((f"{arm} (seed {seed}) {model.input_size}px", resizer.float(), saved.resizer.kind))
     if reference is None:
         return None
     model, saved = reference
-    crops = sample_images(saved, data=saved.data.path, split=saved.data.eval_split, images=[], count=count)
+    urls = shard_urls(saved.data.path, read_manifest(saved.data.path), saved.data.eval_split)
+    crops = sample_images(saved, urls=urls, images=[], count=count)
     if not crops:
         return None
     return resizer_columns_grid(model, crops, columns, directory / "resizer_grid_all.png", difference_to=summary["baseline"])
@@ -291,23 +312,24 @@ def write_comparison(directory: str | Path, *, grid: bool = True) -> dict[str, A
     Raises:
         ValueError: the folder has no comparison job file or no finished epoch of any arm.
     """
-    from pipeline.config import JobConfig, from_dict
+    from pipeline.config import CompareJobConfig
     from pipeline.tasks import get_task
+    from pipeline.tune import comparison_arms, read_experiment
 
     directory = Path(directory)
-    job_file = directory / "search_job.json"
-    if not job_file.is_file():
-        raise ValueError(f"{directory}: no search_job.json; is this a folder made by jobs/compare_resizers.py?")
-    job = from_dict(JobConfig, json.loads(job_file.read_text()))
+    job = read_experiment(str(directory), CompareJobConfig)
     metric = get_task(job.task).target_metric
     runs = arm_runs(load_trials(directory), metric)
     if not runs:
         raise ValueError(f"{directory}: no trial with an arm and a finished epoch yet")
-    summary = summarize(runs, metric=metric, baseline=job.compare.baseline, epochs=job.optim.epochs, confidence=job.compare.confidence)
+    kinds = {arm: values["resizer.kind"] for arm, values in comparison_arms(job).items()}
+    summary = summarize(
+        runs, metric=metric, baseline=job.compare.baseline, epochs=job.optim.epochs, confidence=job.compare.confidence, kinds=kinds
+    )
     table = format_table(summary)
     lines = verdicts(summary)
     summary["verdicts"] = lines
-    images = [plot_arms(summary, directory / "accuracy_per_arm.png"), plot_learning_curves(runs, metric, directory / "learning_curves.png")]
+    images = [plot_arms(summary, directory / "accuracy_per_arm.png"), plot_learning_curves(runs, metric, directory / "learning_curves.png", kinds)]
     if grid:
         picture = grid_all_resizers(directory, summary, runs, job)
         if picture is not None:
@@ -323,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", help="a comparison folder: <storage>/<name> of jobs/compare_resizers.py")
     parser.add_argument("--no-grid", action="store_true", help="skip resizer_grid_all.png (needs the checkpoints)")
     args = parser.parse_args(argv)
-    if "://" in args.directory or not os.path.isdir(args.directory):
+    if is_uri(args.directory) or not os.path.isdir(args.directory):
         print(f"error: {args.directory} is not a local folder (sync a cloud one first)", file=sys.stderr)
         return 2
     try:

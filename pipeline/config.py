@@ -18,17 +18,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-ResizerKind = Literal[
-    "learned", "bilinear", "bicubic", "area", "nearest", "bilinear_aa", "bicubic_aa"
-]
+from pipeline.resizer import FIXED_KINDS, RESIZER_KINDS
+from pipeline.tasks import TASKS
+
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
 Precision = Literal["bf16", "fp16", "fp32"]
-Task = Literal["classification", "quality"]
-
-NUM_SCORE_BINS = 10  # AVA votes for scores 1..10
-
-RESIZER_KINDS: tuple[str, ...] = get_args(ResizerKind)
-FIXED_RESIZER_KINDS: tuple[str, ...] = tuple(k for k in RESIZER_KINDS if k != "learned")
 
 
 def _check_literal(section: str, name: str, value: Any, options: tuple) -> None:
@@ -52,11 +46,11 @@ def _check_literals(obj: Any, section: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ResizerConfig:
-    """The resizer in front of the backbone (BRIEF.md, Talebi & Milanfar 2021).
+    """The resizer in front of the backbone (Talebi & Milanfar 2021, docs/method.md#architecture).
 
     Attributes:
-        kind: "learned" for the paper's CNN; any other value is a fixed resizer (the baseline).
-            `*_aa` variants resize with antialiasing.
+        kind: an entry of the resizer registry (`pipeline.resizer.RESIZERS`): "learned" for the
+            paper's CNN, or a fixed resizer (the baseline); `*_aa` variants resize with antialiasing.
         num_filters: n, channels of the resizer's feature maps (paper: 16 or 32).
         num_res_blocks: r, residual blocks, chained (paper: 1 to 4).
         negative_slope: LeakyReLU slope.
@@ -65,7 +59,7 @@ class ResizerConfig:
         zero_init_last: zero-initialise the last 7x7 conv so training starts from the plain resize.
     """
 
-    kind: ResizerKind = "learned"
+    kind: str = "learned"
     num_filters: int = 16
     num_res_blocks: int = 1
     negative_slope: float = 0.2
@@ -75,6 +69,7 @@ class ResizerConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self, "resizer")
+        _check_literal("resizer", "kind", self.kind, RESIZER_KINDS)
         _check_positive("resizer", "num_filters", self.num_filters)
         _check_positive("resizer", "num_res_blocks", self.num_res_blocks, allow_zero=True)
         _check_positive("resizer", "negative_slope", self.negative_slope, allow_zero=True)
@@ -280,7 +275,7 @@ SearchAlgorithm = Literal["random", "optuna"]
 
 @dataclass(frozen=True, kw_only=True)
 class SearchConfig:
-    """Ray Tune search over the resizer's hyperparameters (used by `pipeline.tune` only).
+    """Ray Tune search over the resizer's hyperparameters (`SearchJobConfig`, run by `pipeline.tune.run_search`).
 
     Each hyperparameter lists its choices (or a [low, high] log-uniform range); a list of one value
     fixes it. Trial budgets are in epochs, ASHA's time unit.
@@ -313,7 +308,7 @@ class SearchConfig:
     resizer_lr: tuple[float, float] = (5e-6, 5e-4)
     zero_init_last: tuple[bool, ...] = (True, False)
     interpolation: tuple[Interpolation, ...] = ("bilinear", "bicubic")
-    fixed_arms: tuple[ResizerKind, ...] = ("bilinear",)
+    fixed_arms: tuple[str, ...] = ("bilinear",)
     algorithm: SearchAlgorithm = "random"
     metric: str | None = None
     mode: Literal["max", "min"] = "max"
@@ -335,7 +330,7 @@ class SearchConfig:
             if not 0 < low <= high:
                 raise ValueError(f"search.{name}={getattr(self, name)} must be [low, high] with 0 < low <= high")
         for arm in self.fixed_arms:
-            _check_literal("search", "fixed_arms", arm, FIXED_RESIZER_KINDS)
+            _check_literal("search", "fixed_arms", arm, FIXED_KINDS)
         if len(self.fixed_arms) >= self.num_samples:
             raise ValueError(
                 f"search.num_samples={self.num_samples} leaves no learned-resizer trial after "
@@ -347,7 +342,7 @@ class SearchConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CompareConfig:
-    """Side-by-side comparison of resizers (used by `pipeline.tune.run_comparison` only).
+    """Side-by-side comparison of resizers (`CompareJobConfig`, run by `pipeline.tune.run_comparison`).
 
     Every arm trains with the job's config, changing only the resizer (and, for the full-resolution
     arm, the backbone's input size), over the same seeds: same backbone, data, budget and init.
@@ -366,8 +361,8 @@ class CompareConfig:
     """
 
     learned: tuple[tuple[int, int], ...] = ((16, 1),)
-    fixed_arms: tuple[ResizerKind, ...] = ("bilinear", "bicubic", "area")
-    baseline: ResizerKind = "bilinear"
+    fixed_arms: tuple[str, ...] = ("bilinear", "bicubic", "area")
+    baseline: str = "bilinear"
     seeds: tuple[int, ...] = (0, 1, 2)
     full_res: bool = False
     confidence: float = 0.95
@@ -375,7 +370,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         for arm in self.fixed_arms:
-            _check_literal("compare", "fixed_arms", arm, FIXED_RESIZER_KINDS)
+            _check_literal("compare", "fixed_arms", arm, FIXED_KINDS)
         if self.baseline not in self.fixed_arms:
             raise ValueError(
                 f"compare.baseline={self.baseline!r} must be one of compare.fixed_arms={list(self.fixed_arms)}"
@@ -395,32 +390,63 @@ class CompareConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class JobConfig:
-    """One training job: the whole tree that crosses the Ray boundary as `to_dict(cfg)`.
+    """One training run: the whole tree that crosses the Ray boundary as `to_dict(cfg)`.
 
     Attributes:
-        task: "classification" (top-1/top-5) or "quality" (AVA score distribution).
+        task: an entry of `pipeline.tasks.TASKS`: "classification" (top-1/top-5) or "quality"
+            (AVA score distribution).
         resizer: the resizer.
         model: the backbone.
         data: shards and transforms.
         optim: optimizer and schedule.
         deepspeed: DeepSpeed engine options.
         run: naming, storage, scaling.
-        search: Ray Tune search space and scheduler (Tune jobs only).
-        compare: arms and seeds of a resizer comparison (comparison jobs only).
     """
 
-    task: Task = "classification"
+    task: str = "classification"
     resizer: ResizerConfig = field(default_factory=ResizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:
         _check_literals(self, "job")
+        _check_literal("job", "task", self.task, tuple(TASKS))
+
+    @classmethod
+    def extend(cls: type[C], cfg: JobConfig, **changes: Any) -> C:
+        """A `cls` (a search or comparison config) holding the training config `cfg`, with `changes`."""
+        return cls(**{**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(JobConfig)}, **changes})
+
+    def training(self) -> JobConfig:
+        """The training part of a (search or comparison) config: what every trial's workers get."""
+        if type(self) is JobConfig:
+            return self
+        return JobConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(JobConfig)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchJobConfig(JobConfig):
+    """A Ray Tune search: the training config of every trial, plus the search itself.
+
+    Attributes:
+        search: search space, algorithm and ASHA scheduler.
+    """
+
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareJobConfig(JobConfig):
+    """A resizer comparison: the training config every arm shares, plus the arms and seeds.
+
+    Attributes:
+        compare: arms, seeds, baseline and confidence level.
+    """
+
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 # ---------------------------------------------------------------- plain-dict round trip
@@ -527,7 +553,10 @@ def _parse_json(text: str, path: str) -> Any:
 
 # ---------------------------------------------------------------- command-line overrides
 
-def apply_overrides(cfg: JobConfig, overrides: list[str]) -> JobConfig:
+C2 = TypeVar("C2", bound=JobConfig)
+
+
+def apply_overrides(cfg: C2, overrides: list[str]) -> C2:
     """Applies `section.field=value` overrides, each typed by the dataclass field.
 
     Args:
@@ -550,7 +579,7 @@ def apply_overrides(cfg: JobConfig, overrides: list[str]) -> JobConfig:
     return apply_values(cfg, values)
 
 
-def apply_values(cfg: JobConfig, values: dict[str, Any]) -> JobConfig:
+def apply_values(cfg: C2, values: dict[str, Any]) -> C2:
     """Sets dotted fields to values (Python values, or strings parsed by the field's type).
 
     Raises:
@@ -560,7 +589,7 @@ def apply_values(cfg: JobConfig, values: dict[str, Any]) -> JobConfig:
     for key, raw in values.items():
         item = f"{key}={raw}"
         parts = key.split(".")
-        node, cls, where = data, JobConfig, ""
+        node, cls, where = data, type(cfg), ""
         for depth, part in enumerate(parts):
             names = {f.name: f for f in dataclasses.fields(cls)}
             if part not in names:
@@ -578,4 +607,4 @@ def apply_values(cfg: JobConfig, values: dict[str, Any]) -> JobConfig:
                 if not dataclasses.is_dataclass(hint):
                     raise ValueError(f"override {item!r}: {where} is a field, not a section")
                 node, cls = node[part], hint
-    return from_dict(JobConfig, data)
+    return from_dict(type(cfg), data)

@@ -11,7 +11,6 @@ a tiny Ray dataset.
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -21,64 +20,8 @@ import numpy as np
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource, FileShuffleConfig
 
-from pipeline.config import NUM_SCORE_BINS, DataConfig
-
-MANIFEST = "manifest.json"
-
-
-class DataError(ValueError):
-    """A shard set that cannot be trained on: says which path and what to do."""
-
-
-# ---------------------------------------------------------------- manifest and shard lists
-
-def _fs_and_path(uri: str) -> tuple[Any, str]:
-    import fsspec
-
-    return fsspec.core.url_to_fs(uri)
-
-
-def read_manifest(path: str) -> dict[str, Any]:
-    """Reads `<path>/manifest.json` written by `python -m data_prep`.
-
-    Raises:
-        DataError: no such folder or manifest, or an unreadable manifest.
-    """
-    if not path:
-        raise DataError("data.path is empty; point it at a folder of shards made by `python -m data_prep`")
-    fs, root = _fs_and_path(path)
-    manifest_path = posixpath.join(root.rstrip("/"), MANIFEST)
-    if not fs.exists(manifest_path):
-        hint = "it does not exist" if not fs.exists(root) else "it holds no manifest.json"
-        raise DataError(
-            f"data.path={path!r}: {hint}. Make shards first, e.g. "
-            f"`python -m data_prep cub --src CUB_200_2011 --out {path}`"
-        )
-    try:
-        with fs.open(manifest_path, "rb") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{manifest_path}: not valid JSON ({err}); rerun data_prep to rewrite it") from err
-
-
-def shard_urls(path: str, manifest: dict[str, Any], split: str) -> list[str]:
-    """Full URLs of a split's shards, in manifest order.
-
-    Raises:
-        DataError: the split is not in the manifest or has no shards.
-    """
-    splits = manifest.get("splits", {})
-    if split not in splits:
-        raise DataError(f"data.path={path!r} has no split {split!r}; its manifest lists {sorted(splits)}")
-    shards = splits[split].get("shards", [])
-    if not shards:
-        raise DataError(f"data.path={path!r}: split {split!r} has no shards; rerun data_prep")
-    return [posixpath.join(path.rstrip("/"), s["name"]) for s in shards]
-
-
-def split_size(manifest: dict[str, Any], split: str) -> int:
-    """Number of samples data_prep wrote for a split."""
-    return int(manifest["splits"][split]["num_samples"])
+from pipeline.config import DataConfig
+from pipeline.tasks import Task
 
 
 # ---------------------------------------------------------------- reading tars
@@ -227,60 +170,52 @@ def transform_image(
     return np.ascontiguousarray(crop)
 
 
-def score_distribution(meta: str) -> np.ndarray:
-    """The normalized 10-bin vote histogram of an AVA sample's metadata (zeros when absent)."""
-    votes = json.loads(meta).get("votes") if meta else None
-    out = np.zeros(NUM_SCORE_BINS, np.float32)
-    if votes and len(votes) == NUM_SCORE_BINS and sum(votes) > 0:
-        out[:] = np.asarray(votes, np.float32) / float(sum(votes))
-    return out
-
-
 def decode_batch(
     batch: dict[str, np.ndarray],
     *,
     resize_size: int | None,
     crop_size: int,
     train: bool,
+    task: Task,
     hflip: bool = True,
     seed: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Decodes and augments a batch of shard rows; never raises on bad images.
+    """Decodes and augments a batch of shard rows and decodes their targets; never raises on bad samples.
 
     Args:
         batch: columns key, jpg, label, meta, error (as read from the shards).
         resize_size: see `transform_image`.
         crop_size: see `transform_image`.
         train: training (random) or evaluation (centre) transform.
+        task: decodes the target columns (`Task.targets`: label for classification, scores for quality).
         hflip: random horizontal flip in training.
         seed: fixes the augmentation (tests); None draws fresh randomness.
 
     Returns:
-        pixels uint8 (B, 3, crop, crop), label int64 (B,), scores float32 (B, 10),
-        key (B,), valid bool (B,), error (B,): invalid rows carry zero pixels and the reason.
+        pixels uint8 (B, 3, crop, crop), the task's target columns, key (B,), valid bool (B,),
+        error (B,): invalid rows carry zero pixels and the reason.
     """
     rng = np.random.default_rng(seed)
     num_rows = len(batch["key"])
     pixels = np.zeros((num_rows, 3, crop_size, crop_size), np.uint8)
     valid = np.zeros(num_rows, bool)
     errors = np.asarray(batch["error"], dtype=object).copy()
-    scores = np.zeros((num_rows, NUM_SCORE_BINS), np.float32)
+    targets, target_errors = task.targets(batch)
     for i in range(num_rows):
-        if errors[i]:
+        if errors[i] or target_errors[i]:
+            errors[i] = errors[i] or target_errors[i]
             continue
         try:
             image = _decode(batch["jpg"][i])
             pixels[i] = transform_image(
                 image, resize_size=resize_size, crop_size=crop_size, train=train, hflip=hflip, rng=rng
             )
-            scores[i] = score_distribution(batch["meta"][i])
             valid[i] = True
         except Exception as err:  # noqa: BLE001 - any undecodable image is skipped and counted
             errors[i] = f"undecodable image: {type(err).__name__}: {err}"
     return {
         "pixels": pixels,
-        "label": np.asarray(batch["label"], np.int64),
-        "scores": scores,
+        **targets,
         "key": np.asarray(batch["key"], dtype=object),
         "valid": valid,
         "error": errors.astype(str),
@@ -289,14 +224,15 @@ def decode_batch(
 
 # ---------------------------------------------------------------- datasets
 
-def build_dataset(cfg: DataConfig, urls: list[str], *, train: bool, seed: int) -> Any:
-    """A Ray dataset of decoded, augmented uint8 batches.
+def build_dataset(cfg: DataConfig, urls: list[str], *, train: bool, seed: int, task: Task) -> Any:
+    """A Ray dataset of decoded, augmented uint8 batches with the task's target columns.
 
     Args:
         cfg: data options.
         urls: shard URLs (local paths or s3://, gs://).
         train: shuffle files every epoch and augment; else a fixed order and centre crops.
         seed: seeds the per-epoch file order.
+        task: decodes the targets (`Task.targets`).
     """
     import ray
 
@@ -308,7 +244,7 @@ def build_dataset(cfg: DataConfig, urls: list[str], *, train: bool, seed: int) -
     ds.context.print_on_execution_start = False
     return ds.map_batches(
         decode_batch,
-        fn_kwargs=dict(resize_size=cfg.resize_size, crop_size=cfg.crop_size, train=train, hflip=cfg.hflip),
+        fn_kwargs=dict(resize_size=cfg.resize_size, crop_size=cfg.crop_size, train=train, task=task, hflip=cfg.hflip),
         batch_size=16,
         batch_format="numpy",
         num_cpus=cfg.num_cpus_per_read,

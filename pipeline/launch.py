@@ -1,177 +1,74 @@
-"""Builds and runs the TorchTrainer: scaling, storage, failure handling, checkpoint retention.
+"""Runs a planned run: builds its TorchTrainer (scaling, storage, failures, checkpoint retention) and fits it.
 
-Everything that can be checked on the driver is checked before any cluster resource is asked
-for: the shards and their manifest, the class count, the worker count against the cluster.
+`launch(cfg)` is what a job calls: plan (`pipeline.runs.plan`), print the plan, ask an autoscaler
+for missing GPUs once, and `run`. A Tune trial calls `run` on its own planned run.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.checkpoint import is_uri, latest_checkpoint_meta, pop_stop, read_history, run_dir
+from pipeline.checkpoint import SAVE_DELAY_ENV, pop_stop, read_history
 from pipeline.config import JobConfig, to_dict
-from pipeline.data import build_dataset, exact_eval_data_config, read_manifest, shard_urls, split_size
-from pipeline.tasks import get_task
-from pipeline.train import steps_per_epoch, train_loop_per_worker
-
-
-@dataclass
-class RunPlan:
-    """What the driver worked out before launching."""
-
-    manifest: dict[str, Any]
-    num_outputs: int
-    train_urls: list[str]
-    eval_urls: list[str]
-    num_train_samples: int
-    num_eval_samples: int
-    use_gpu: bool
+from pipeline.data import build_dataset, exact_eval_data_config
+from pipeline.runs import Run, plan
+from pipeline.train import train_loop_per_worker
 
 
 @dataclass
 class RunResult:
-    """A finished run: Ray's result, the per-epoch history, and where the files are."""
+    """A finished run: the planned run, its per-epoch history, and where the files are."""
 
-    run_dir: str
+    run: Run
     history: list[dict[str, Any]]
     best_checkpoint: str | None
     latest_checkpoint: str | None
-    error: str | None
+
+    @property
+    def run_dir(self) -> str:
+        return self.run.directory
 
 
-def _cluster_resources() -> dict[str, float]:
-    import ray
+def build_trainer(run: Run, *, callbacks: list | None = None, verbose: bool = False, console: Any = None) -> Any:
+    """The TorchTrainer of a planned run (a Tune trial adds its report callback).
 
-    return ray.cluster_resources()
-
-
-def plan(cfg: JobConfig, *, use_gpu: bool | None = None) -> RunPlan:
-    """Validates data and resources against the config; asks the cluster for nothing.
-
-    Raises:
-        ValueError: (DataError included) naming the field and the fix.
+    Args:
+        callbacks: Ray Train callbacks (Tune's report callback).
+        verbose: keep Ray's and DeepSpeed's INFO logs on the workers.
+        console: a queue the loop sends its console lines to (`console_lines`); None: rank 0 prints them.
     """
-    manifest = read_manifest(cfg.data.path)
-    task = get_task(cfg.task)
-    if manifest.get("target") != task.target:
-        other = {"cls": "classification", "votes": "quality"}.get(manifest.get("target"), "?")
-        raise ValueError(
-            f"data.path={cfg.data.path!r} holds {manifest.get('dataset', '?')} shards with target "
-            f"{manifest.get('target')!r}; task={cfg.task!r} needs target {task.target!r}. Point data.path at "
-            f"{'AVA' if task.target == 'votes' else 'class-labelled (CUB, ImageNet)'} shards, or use task={other!r}"
-        )
-    num_outputs = task.num_outputs(manifest)
-    train_urls = shard_urls(cfg.data.path, manifest, cfg.data.train_split)
-    eval_urls = shard_urls(cfg.data.path, manifest, cfg.data.eval_split)
-    num_train = split_size(manifest, cfg.data.train_split)
-    if cfg.task == "classification" and num_outputs < 2:
-        raise ValueError(f"data.path={cfg.data.path!r}: manifest has num_classes={num_outputs}; need at least 2")
-    if cfg.task == "classification" and cfg.data.num_classes is not None and cfg.data.num_classes != num_outputs:
-        raise ValueError(
-            f"data.num_classes={cfg.data.num_classes} but the manifest of data.path={cfg.data.path!r} lists "
-            f"{num_outputs} classes: wrong shards for this recipe? Point --data at the right shards, or "
-            "set data.num_classes=none to train on what the shards hold"
-        )
-    steps_per_epoch(num_train, cfg.run.num_workers, cfg.data.batch_size, cfg.optim.grad_accum)
-    check_model_input(cfg, num_outputs)
-    previous = latest_checkpoint_meta(run_dir(cfg.run.storage, cfg.run.name))
-    if previous is not None and previous.get("world_size") not in (None, cfg.run.num_workers):
-        raise ValueError(
-            f"run {cfg.run.name!r} resumes from {previous['checkpoint']}, written by {previous['world_size']} "
-            f"workers with ZeRO-{previous.get('zero_stage')}; a ZeRO checkpoint loads only into the same number of "
-            f"workers. Rerun with --num-workers {previous['world_size']}, or start a new run with another --name"
-        )
-
-    resources = _cluster_resources()
-    if use_gpu is None:
-        use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else resources.get("GPU", 0) > 0
-    if use_gpu and resources.get("GPU", 0) < cfg.run.num_workers and cfg.run.autoscale:
-        from ray.autoscaler.sdk import request_resources
-
-        print(
-            f"asking the autoscaler for {cfg.run.num_workers} GPUs (the cluster has {resources.get('GPU', 0):g} now); "
-            "training starts when they arrive",
-            flush=True,
-        )
-        request_resources(bundles=[{"GPU": 1, "CPU": cfg.run.cpus_per_worker}] * cfg.run.num_workers)
-    elif use_gpu and resources.get("GPU", 0) < cfg.run.num_workers:
-        raise ValueError(
-            f"run.num_workers={cfg.run.num_workers} needs {cfg.run.num_workers} GPUs; the cluster has "
-            f"{resources.get('GPU', 0):g}. Lower run.num_workers, add GPU nodes, or on an autoscaling cluster "
-            "set run.autoscale=true to ask the autoscaler for them"
-        )
-    needed = cfg.run.num_workers * cfg.run.cpus_per_worker
-    if not use_gpu and resources.get("CPU", 0) < needed + cfg.data.num_cpus_per_read:
-        raise ValueError(
-            f"run.num_workers={cfg.run.num_workers} x run.cpus_per_worker={cfg.run.cpus_per_worker:g} plus one "
-            f"data task needs {needed + cfg.data.num_cpus_per_read:g} CPUs; the cluster has "
-            f"{resources.get('CPU', 0):g}. Lower run.num_workers or run.cpus_per_worker"
-        )
-    if cfg.deepspeed.precision == "fp16" and not use_gpu:
-        raise ValueError("deepspeed.precision='fp16' needs GPUs; on CPU use 'bf16' or 'fp32'")
-    return RunPlan(
-        manifest=manifest,
-        num_outputs=num_outputs,
-        train_urls=train_urls,
-        eval_urls=eval_urls,
-        num_train_samples=num_train,
-        num_eval_samples=split_size(manifest, cfg.data.eval_split),
-        use_gpu=bool(use_gpu),
-    )
-
-
-def check_model_input(cfg: JobConfig, num_outputs: int) -> None:
-    """Runs the model once on the meta device (no memory, no compute) at the configured crop size, so
-    a backbone that cannot take the resizer's output fails here, not on a worker after launch."""
-    import torch
-
-    from pipeline.model import build_model
-
-    model_cfg = dataclasses.replace(cfg.model, pretrained=False, checkpoint_path=None)
-    with torch.device("meta"):
-        # eval(): batch norm on running statistics, so a 1x1 feature map of one image is no error
-        model = build_model(model_cfg, cfg.resizer, num_outputs).eval()
-        pixels = torch.zeros(1, 3, cfg.data.crop_size, cfg.data.crop_size, dtype=torch.uint8)
-        try:
-            logits = model(pixels)
-        except Exception as err:  # noqa: BLE001 - any failure here is a config the backbone cannot take
-            raise ValueError(
-                f"model.backbone={cfg.model.backbone!r} cannot take a {cfg.data.crop_size}px crop resized to "
-                f"{model.input_size}px ({type(err).__name__}: {err}). Set model.img_size to a size the backbone "
-                "accepts (its pretrained input size is the safe choice; model.img_size=none uses it), or change data.crop_size"
-            ) from err
-    if tuple(logits.shape) != (1, num_outputs):
-        raise ValueError(f"model.backbone={cfg.model.backbone!r} gives outputs {tuple(logits.shape)}, expected (1, {num_outputs})")
-
-
-def build_trainer(cfg: JobConfig, run_plan: RunPlan, *, callbacks: list | None = None) -> Any:
-    """The TorchTrainer for a planned run (Tune builds it too, with its report callback)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    task = get_task(cfg.task)
+    cfg = run.cfg
     datasets = {
-        "train": build_dataset(cfg.data, run_plan.train_urls, train=True, seed=cfg.run.seed),
-        "eval": build_dataset(cfg.data, run_plan.eval_urls, train=False, seed=cfg.run.seed),
+        "train": build_dataset(cfg.data, run.train_urls, train=True, seed=cfg.run.seed, task=run.task),
+        "eval": build_dataset(cfg.data, run.eval_urls, train=False, seed=cfg.run.seed, task=run.task),
     }
-    env = {"DS_ACCELERATOR": "cpu"} if not run_plan.use_gpu else {}
+    env = {"DS_ACCELERATOR": "cpu"} if not run.use_gpu else {}
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # worker prints reach the driver once, not twice
-    cfg = with_absolute_storage(cfg)
+    if SAVE_DELAY_ENV in os.environ:  # the fault tests' hook, also on a cluster the driver joined
+        env[SAVE_DELAY_ENV] = os.environ[SAVE_DELAY_ENV]
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "job": to_dict(cfg),
-            "num_outputs": run_plan.num_outputs,
-            "num_train_samples": run_plan.num_train_samples,
-            "class_names": run_plan.manifest.get("class_names"),
+            "run_dir": run.directory,
+            "num_outputs": run.num_outputs,
+            "num_train_samples": run.num_train_samples,
+            "class_names": run.class_names,
+            "verbose": verbose,
+            "console": console,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers,
-            use_gpu=run_plan.use_gpu,
-            resources_per_worker={"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if run_plan.use_gpu else {})},
+            use_gpu=run.use_gpu,
+            resources_per_worker={"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if run.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
@@ -180,11 +77,11 @@ def build_trainer(cfg: JobConfig, run_plan: RunPlan, *, callbacks: list | None =
             # The best checkpoint by the task's metric; Ray always keeps the latest one too.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1,
-                checkpoint_score_attribute=task.target_metric,
-                checkpoint_score_order="max",
+                checkpoint_score_attribute=run.task.target_metric,
+                checkpoint_score_order=run.task.mode,
             ),
             worker_runtime_env={"env_vars": env},
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             callbacks=callbacks,
         ),
         datasets=datasets,
@@ -192,44 +89,107 @@ def build_trainer(cfg: JobConfig, run_plan: RunPlan, *, callbacks: list | None =
     )
 
 
-def with_absolute_storage(cfg: JobConfig) -> JobConfig:
-    """Workers run in their own working directory: a relative storage path must be made absolute here."""
-    if is_uri(cfg.run.storage):
-        return cfg
-    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, storage=os.path.abspath(cfg.run.storage)))
+@contextlib.contextmanager
+def console_lines(enabled: bool) -> Iterator[Any]:
+    """A queue the training loop's rank 0 puts its console lines in, printed here as they come.
+
+    The user's console then shows the loop's lines (epochs, checkpoints, skipped samples, resumes)
+    from this process, with no worker prefix, while the workers' own output (Ray's, DeepSpeed's,
+    torch's warnings) stays in the worker logs unless the driver forwards it (`--verbose`).
+    Yields None when not `enabled`.
+    """
+    if not enabled:
+        yield None
+        return
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    done = threading.Event()
+
+    def pump() -> None:
+        while not done.is_set():
+            try:
+                print(queue.get(timeout=0.5), flush=True)
+            except Empty:
+                continue
+
+    thread = threading.Thread(target=pump, name="console-lines", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        done.set()
+        thread.join()
+        while not queue.empty():
+            print(queue.get_nowait(), flush=True)
+        queue.shutdown()
 
 
-def launch(cfg: JobConfig) -> RunResult:
-    """Plans, trains (resuming a run of the same name and storage), and returns the result.
+def run(run: Run, *, callbacks: list | None = None, verbose: bool = False, console: bool = False) -> RunResult:
+    """Trains a planned run (resuming its latest checkpoint) and returns where its files are.
+
+    Args:
+        callbacks: Ray Train callbacks (a Tune trial's report callback).
+        verbose: keep Ray's and DeepSpeed's INFO logs on the workers.
+        console: print the loop's console lines in this process (a job's driver); else rank 0 prints
+            them into its own output (a Tune trial's).
 
     Raises:
-        RuntimeError: the loop stopped on a non-finite loss (the message names step and keys).
+        RuntimeError: the loop stopped the run (a non-finite loss, strict data); the message says why.
     """
-    cfg = with_absolute_storage(cfg)
-    run_plan = plan(cfg)
-    device = "GPU" if run_plan.use_gpu else "CPU"
-    print(
-        f"run {cfg.run.name!r}: {run_plan.num_train_samples} train / {run_plan.num_eval_samples} eval samples "
-        f"({len(run_plan.train_urls)}+{len(run_plan.eval_urls)} shards), {run_plan.num_outputs} outputs, "
-        f"{cfg.run.num_workers} {device} workers x batch {cfg.data.batch_size} x accum {cfg.optim.grad_accum}, "
-        f"ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}, {cfg.optim.epochs} epochs -> "
-        f"{run_dir(cfg.run.storage, cfg.run.name)}",
-        flush=True,
-    )
-    pop_stop(run_dir(cfg.run.storage, cfg.run.name))  # a stale record of an earlier, interrupted run
-    result = build_trainer(cfg, run_plan).fit()
-    error = pop_stop(run_dir(cfg.run.storage, cfg.run.name))
-    best = result.best_checkpoints[0][0].path if result.best_checkpoints else None
-    if result.best_checkpoints:
-        task = get_task(cfg.task)
-        best = max(result.best_checkpoints, key=lambda cm: cm[1].get(task.target_metric, float("-inf")))[0].path
-    outcome = RunResult(
-        run_dir=run_dir(cfg.run.storage, cfg.run.name),
-        history=read_history(run_dir(cfg.run.storage, cfg.run.name)),
-        best_checkpoint=best,
-        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
-        error=error,
-    )
+    pop_stop(run.directory)  # a stale record of an earlier, interrupted run
+    with console_lines(console) as queue:
+        result = build_trainer(run, callbacks=callbacks, verbose=verbose, console=queue).fit()
+    error = pop_stop(run.directory)
     if error:
         raise RuntimeError(error)
-    return outcome
+    best = None
+    if result.best_checkpoints:
+        sign = 1 if run.task.mode == "max" else -1
+        metric = run.task.target_metric
+        best = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(metric, sign * float("-inf")))[0].path
+    return RunResult(
+        run=run,
+        history=read_history(run.directory),
+        best_checkpoint=best,
+        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
+    )
+
+
+@contextlib.contextmanager
+def autoscaler_request(run: Run, resources: dict[str, float]) -> Iterator[None]:
+    """Asks an autoscaling cluster for the GPUs the run lacks, and withdraws the request afterwards
+    (a standing request keeps GPU nodes from idling out)."""
+    missing = run.use_gpu and run.cfg.run.autoscale and resources.get("GPU", 0) < run.cfg.run.num_workers
+    if not missing:
+        yield
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    print(
+        f"asking the autoscaler for {run.cfg.run.num_workers} GPUs (the cluster has {resources.get('GPU', 0):g} now); "
+        "training starts when they arrive",
+        flush=True,
+    )
+    request_resources(bundles=[{"GPU": 1, "CPU": run.cfg.run.cpus_per_worker}] * run.cfg.run.num_workers)
+    try:
+        yield
+    finally:
+        request_resources(bundles=[])
+
+
+def launch(cfg: JobConfig, *, manifest: dict[str, Any] | None = None, verbose: bool = False) -> RunResult:
+    """A job's training run: plan, print the plan, ask for missing GPUs once, train (resuming a run of
+    the same name and storage), return the result.
+
+    Raises:
+        ValueError: a configuration or data error (the message names the field and the fix).
+        RuntimeError: the loop stopped the run (a non-finite loss, strict data).
+    """
+    import ray
+
+    resources = ray.cluster_resources()
+    planned = plan(cfg, resources=resources, manifest=manifest)
+    print(planned.describe(), flush=True)
+    with autoscaler_request(planned, resources):
+        return run(planned, verbose=verbose, console=not verbose)

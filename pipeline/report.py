@@ -16,11 +16,13 @@ import csv
 import html
 import io
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.layout import PARAMS_FILE, RESULT_FILE, TRIAL_DIR_PREFIX, is_uri
+from pipeline.resizer import LEARNED_KINDS, resizer_kind
 
 
 @dataclass
@@ -67,12 +69,12 @@ def load_trials(directory: str | Path) -> list[Trial]:
     directory = Path(directory)
     statuses = _statuses(directory)
     trials = []
-    for folder in sorted(directory.glob("trial_*")):
-        params_file = folder / "params.json"
+    for folder in sorted(directory.glob(f"{TRIAL_DIR_PREFIX}*")):
+        params_file = folder / PARAMS_FILE
         if not params_file.is_file():
             continue
-        trial_id = folder.name.removeprefix("trial_")
-        results = [r for r in _read_json_lines(folder / "result.json") if "epoch" in r]
+        trial_id = folder.name.removeprefix(TRIAL_DIR_PREFIX)
+        results = [r for r in _read_json_lines(folder / RESULT_FILE) if "epoch" in r]
         status = statuses.get(trial_id, "ERROR" if (folder / "error.txt").exists() else "UNKNOWN")
         trials.append(Trial(trial_id, json.loads(params_file.read_text()), results, status))
     return trials
@@ -121,10 +123,13 @@ def _best_first(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return scored + [r for r in summary["rows"] if r[key] is None]
 
 
+def _kind(params: dict[str, Any]) -> Any:
+    """The resizer registry's entry for a trial (a search without the kind in its space tunes a learned one)."""
+    return resizer_kind(params.get("resizer.kind", LEARNED_KINDS[0]))
+
+
 def _label(params: dict[str, Any]) -> str:
-    if params.get("resizer.kind", "learned") != "learned":
-        return params["resizer.kind"]
-    return f"n{params.get('resizer.num_filters')} r{params.get('resizer.num_res_blocks')}"
+    return _kind(params).label(params)
 
 
 def plot_curves(trials: list[Trial], metric: str, path: Path) -> Path:
@@ -137,7 +142,7 @@ def plot_curves(trials: list[Trial], metric: str, path: Path) -> Path:
     for trial in trials:
         curve = trial.curve(metric)
         if curve:
-            fixed = trial.params.get("resizer.kind", "learned") != "learned"
+            fixed = not _kind(trial.params).learned
             ax.plot(*zip(*curve), marker="o", linestyle="--" if fixed else "-", label=f"{trial.trial_id} {_label(trial.params)}")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric}")
@@ -164,7 +169,7 @@ def plot_hyperparameters(trials: list[Trial], metric: str, path: Path) -> Path:
                 (t.params[name], t.best(metric))
                 for t in trials
                 if t.best(metric) is not None and name in t.params
-                and (t.params.get("resizer.kind", "learned") != "learned") == fixed
+                and (not _kind(t.params).learned) == fixed
             ]
             if not points:
                 continue
@@ -222,19 +227,19 @@ trial ({'' if fraction is None else f'{fraction:.0%}'}).</p>
 """
 
 
-def write_report(directory: str | Path, *, metric: str | None = None, max_epochs: int | None = None) -> dict[str, Any]:
-    """Writes the report files into a (local) search folder and returns the summary."""
+def write_report(directory: str | Path) -> dict[str, Any]:
+    """Writes the report files into a (local) search folder and returns the summary.
+
+    Raises:
+        ValueError: the folder holds no search, or no trial yet.
+    """
+    from pipeline.config import SearchJobConfig
+    from pipeline.tune import read_experiment, search_objective
+
     directory = Path(directory)
-    job_file = directory / "search_job.json"
-    mode = "max"
-    if job_file.is_file():
-        job = json.loads(job_file.read_text())
-        search = job.get("search", {})
-        metric = metric or search.get("metric") or ("srcc" if job.get("task") == "quality" else "top1")
-        mode = search.get("mode", "max") if search.get("metric") else "max"
-        max_epochs = max_epochs or int(job["optim"]["epochs"])
-    if metric is None or max_epochs is None:
-        raise ValueError(f"{directory}: no search_job.json; pass the metric and max epochs")
+    job = read_experiment(str(directory), SearchJobConfig)
+    metric, mode = search_objective(job)
+    max_epochs = job.optim.epochs
     trials = load_trials(directory)
     if not trials:
         raise ValueError(f"{directory}: no trial folders (trial_*/params.json); is this a Tune search folder?")
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", help="a search folder: <storage>/<name> of a Tune job")
     args = parser.parse_args(argv)
-    if "://" in args.directory or not os.path.isdir(args.directory):
+    if is_uri(args.directory) or not Path(args.directory).is_dir():
         print(f"error: {args.directory} is not a local folder (sync a cloud one first)", file=sys.stderr)
         return 2
     try:

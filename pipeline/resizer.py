@@ -1,6 +1,6 @@
 """The learned resizer of Talebi & Milanfar (ICCV 2021) and the fixed resizers it is compared with.
 
-Architecture (n filters, r residual blocks), as in BRIEF.md:
+Architecture (n filters, r residual blocks), as in docs/method.md#architecture:
 
     x ───────────────────────────────── resize to (Hout, Wout) ──────────────────────┐ image skip
     x → conv7x7(3→n) → LReLU → conv1x1(n→n) → LReLU → BN → resize to (Hout, Wout) = f
@@ -9,15 +9,24 @@ Architecture (n filters, r residual blocks), as in BRIEF.md:
 
 The residual blocks are chained: block k is fed block k-1's output (widely copied code feeds every
 block the bottleneck `f`, which silently turns r blocks into one wide block).
+
+Every resizer kind is one entry of `RESIZERS`: whether it learns, how it is built from config, how
+reports name and colour it, and which config fields a search varies for it. Nothing else in the
+project decides these by comparing kind names.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import FIXED_RESIZER_KINDS, ResizerConfig
+if TYPE_CHECKING:
+    from pipeline.config import ResizerConfig
 
 
 def resize(
@@ -131,8 +140,8 @@ class FixedResizer(nn.Module):
 
     def __init__(self, output_size: tuple[int, int], kind: str = "bilinear") -> None:
         super().__init__()
-        if kind not in FIXED_RESIZER_KINDS:
-            raise ValueError(f"resizer.kind={kind!r} is not a fixed resizer; choose one of {list(FIXED_RESIZER_KINDS)}")
+        if kind not in FIXED_KINDS:
+            raise ValueError(f"resizer.kind={kind!r} is not a fixed resizer; choose one of {list(FIXED_KINDS)}")
         self.output_size = (int(output_size[0]), int(output_size[1]))
         self.kind = kind
         self.mode = kind.removesuffix("_aa")
@@ -146,11 +155,75 @@ class FixedResizer(nn.Module):
         return f"output_size={self.output_size}, kind={self.kind!r}"
 
 
+# ---------------------------------------------------------------- the registry of resizer kinds
+
+@dataclass(frozen=True)
+class ResizerKind:
+    """One resizer kind, as every part of the project asks about it.
+
+    Attributes:
+        name: the value of `resizer.kind`.
+        learned: has trainable parameters (trained jointly with the backbone).
+        build: (resizer config, output (height, width)) -> the module.
+        color: its colour in plots (learned kinds warm, fixed ones cool).
+        searched: the dotted config fields a hyperparameter search varies for this kind.
+        describe: config values (dotted names) -> a short label, e.g. "n16 r1".
+    """
+
+    name: str
+    learned: bool
+    build: Callable[[Any, tuple[int, int]], nn.Module]
+    color: str
+    searched: tuple[str, ...] = ()
+    describe: Callable[[dict[str, Any]], str] | None = None
+
+    def label(self, values: dict[str, Any]) -> str:
+        """A short label of a run of this kind with these config values (dotted names)."""
+        return self.describe(values) if self.describe else self.name
+
+
+def _fixed(name: str, color: str) -> ResizerKind:
+    return ResizerKind(name, learned=False, build=lambda cfg, size: FixedResizer(size, name), color=color)
+
+
+RESIZERS: dict[str, ResizerKind] = {
+    kind.name: kind
+    for kind in (
+        ResizerKind(
+            "learned",
+            learned=True,
+            build=lambda cfg, size: LearnedResizer.from_config(cfg, size),
+            color="C3",
+            searched=("resizer.num_filters", "resizer.num_res_blocks", "resizer.zero_init_last", "resizer.interpolation"),
+            describe=lambda v: f"n{v.get('resizer.num_filters')} r{v.get('resizer.num_res_blocks')}",
+        ),
+        _fixed("bilinear", "C0"),
+        _fixed("bicubic", "C1"),
+        _fixed("area", "C2"),
+        _fixed("nearest", "C4"),
+        _fixed("bilinear_aa", "C5"),
+        _fixed("bicubic_aa", "C9"),
+    )
+}
+RESIZER_KINDS: tuple[str, ...] = tuple(RESIZERS)
+LEARNED_KINDS: tuple[str, ...] = tuple(k for k, v in RESIZERS.items() if v.learned)
+FIXED_KINDS: tuple[str, ...] = tuple(k for k, v in RESIZERS.items() if not v.learned)
+
+
+def resizer_kind(name: str) -> ResizerKind:
+    """The registry entry of `resizer.kind=name`.
+
+    Raises:
+        ValueError: no such kind; lists the known ones.
+    """
+    if name not in RESIZERS:
+        raise ValueError(f"resizer.kind={name!r} is not allowed; choose one of {list(RESIZERS)}")
+    return RESIZERS[name]
+
+
 def build_resizer(cfg: ResizerConfig, output_size: tuple[int, int]) -> nn.Module:
-    """The learned resizer or a fixed one, from config."""
-    if cfg.kind == "learned":
-        return LearnedResizer.from_config(cfg, output_size)
-    return FixedResizer(output_size, cfg.kind)
+    """The resizer of `cfg.kind`, producing `output_size` (height, width)."""
+    return resizer_kind(cfg.kind).build(cfg, output_size)
 
 
 def count_parameters(module: nn.Module, *, conv_weights_only: bool = False) -> int:

@@ -11,21 +11,20 @@ resizer's output, and the learned minus the fixed output (what the network adds)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.checkpoint import load_weights
-import dataclasses
-
 from pipeline.config import JobConfig, ModelConfig, apply_overrides, from_dict
-from pipeline.data import iter_tar_samples, read_manifest, shard_urls, transform_image
+from pipeline.data import iter_tar_samples, transform_image
+from pipeline.manifest import read_manifest, shard_urls
 from pipeline.model import ResizerModel, build_model
-from pipeline.resizer import FixedResizer
+from pipeline.resizer import LEARNED_KINDS, FixedResizer, resizer_kind
 
 
 def load_model(checkpoint: str | None, cfg: JobConfig, num_outputs: int = 1) -> tuple[ResizerModel, JobConfig]:
@@ -41,8 +40,8 @@ def load_model(checkpoint: str | None, cfg: JobConfig, num_outputs: int = 1) -> 
     return model.eval(), saved_cfg
 
 
-def sample_images(cfg: JobConfig, *, data: str | None, split: str, images: list[str], count: int) -> list[np.ndarray]:
-    """Evaluation crops (3, crop, crop) uint8 from image files or from the first shard of a split."""
+def sample_images(cfg: JobConfig, *, urls: list[str], images: list[str], count: int) -> list[np.ndarray]:
+    """Evaluation crops (3, crop, crop) uint8 from image files, or from the first decodable samples of shards."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -51,9 +50,8 @@ def sample_images(cfg: JobConfig, *, data: str | None, split: str, images: list[
         return [transform_image(Image.open(p).convert("RGB"), **crop) for p in images[:count]]
     import fsspec
 
-    manifest = read_manifest(data)
     out = []
-    for url in shard_urls(data, manifest, split):
+    for url in urls:
         with fsspec.open(url, "rb") as f:
             for sample in iter_tar_samples(f, url):
                 if sample["error"]:
@@ -67,7 +65,7 @@ def sample_images(cfg: JobConfig, *, data: str | None, split: str, images: list[
 def resizer_columns_grid(
     model: ResizerModel,
     crops: list[np.ndarray],
-    columns: list[tuple[str, torch.nn.Module]],
+    columns: list[tuple[str, torch.nn.Module, str]],
     path: str | Path,
     *,
     difference_to: str | None = None,
@@ -77,10 +75,11 @@ def resizer_columns_grid(
     Args:
         model: gives the normalization the resizers work in (the backbone's mean/std).
         crops: uint8 (3, crop, crop) evaluation crops, one row each.
-        columns: (title, resizer) pairs; a resizer maps normalized (B, 3, crop, crop) to any size.
+        columns: (title, resizer, resizer kind) triples; a resizer maps normalized (B, 3, crop, crop)
+            to any size.
         path: the PNG to write.
-        difference_to: a column whose title starts with this name is the reference: each learned
-            column (title starting with "learned") gets a column |learned - reference|, amplified.
+        difference_to: the resizer kind of the reference column: each column of a learned kind gets a
+            column |learned - reference| beside it, amplified.
 
     Returns:
         The PNG's path.
@@ -89,12 +88,12 @@ def resizer_columns_grid(
     pixels = torch.as_tensor(np.stack(crops))  # (B, 3, crop, crop) uint8
     with torch.no_grad():
         normalized = model.normalize(pixels).float()
-        outputs = [(title, model.denormalize(resizer(normalized))) for title, resizer in columns]
+        outputs = [(title, model.denormalize(resizer(normalized)), kind) for title, resizer, kind in columns]
     shown = [(f"input {pixels.shape[-1]}px", pixels.float())]
-    reference = next((o for t, o in outputs if difference_to and t.startswith(difference_to)), None)
-    for title, images in outputs:
+    reference = next((o for _, o, kind in outputs if difference_to and kind == difference_to), None)
+    for title, images, kind in outputs:
         shown.append((title, images))
-        if reference is not None and title.startswith("learned") and images.shape == reference.shape:
+        if reference is not None and resizer_kind(kind).learned and images.shape == reference.shape:
             difference = (images - reference).abs()
             scale = 255.0 / max(float(difference.amax()), 1e-6)
             shown.append((f"|{title.split()[0]} - {difference_to}| x{scale:.1f}", difference * scale))
@@ -114,10 +113,20 @@ def resizer_columns_grid(
     return path
 
 
-def resizer_grid(model: ResizerModel, crops: list[np.ndarray], path: str | Path, *, fixed_kind: str = "bilinear") -> Path:
-    """Writes the PNG grid of one learned model: input, fixed, learned, |learned - fixed|; returns its path."""
+def resizer_grid(
+    model: ResizerModel, crops: list[np.ndarray], path: str | Path, *, kind: str = LEARNED_KINDS[0], fixed_kind: str = "bilinear"
+) -> Path:
+    """Writes the PNG grid of one learned model: input, fixed, learned, |learned - fixed|; returns its path.
+
+    Args:
+        kind: the model's (learned) resizer kind.
+        fixed_kind: the fixed resizer shown beside it.
+    """
     size = (model.input_size, model.input_size)
-    columns = [(f"{fixed_kind} {size[0]}px", FixedResizer(size, fixed_kind)), (f"learned {size[0]}px", model.resizer.float())]
+    columns = [
+        (f"{fixed_kind} {size[0]}px", FixedResizer(size, fixed_kind), fixed_kind),
+        (f"{kind} {size[0]}px", model.resizer.float(), kind),
+    ]
     return resizer_columns_grid(model, crops, columns, path, difference_to=fixed_kind)
 
 
@@ -145,15 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --data SHARDS or --images FILE [FILE ...]")
     try:
         cfg = apply_overrides(JobConfig(model=ModelConfig(pretrained=False)), args.set)
-        if args.checkpoint is None and cfg.resizer.kind != "learned":
-            cfg = apply_overrides(cfg, ["resizer.kind=learned"])
+        if args.checkpoint is None and not resizer_kind(cfg.resizer.kind).learned:
+            cfg = apply_overrides(cfg, [f"resizer.kind={LEARNED_KINDS[0]}"])
         model, cfg = load_model(args.checkpoint, cfg)
-        if cfg.resizer.kind != "learned":
+        if not resizer_kind(cfg.resizer.kind).learned:
             raise ValueError(f"{args.checkpoint}: this run used resizer.kind={cfg.resizer.kind!r}; there is no learned resizer to show")
-        crops = sample_images(cfg, data=args.data, split=args.split, images=args.images, count=args.num_images)
+        urls = [] if args.images else shard_urls(args.data, read_manifest(args.data), args.split)
+        crops = sample_images(cfg, urls=urls, images=args.images, count=args.num_images)
         if not crops:
             raise ValueError(f"no decodable images found in {args.data or args.images}")
-        out = resizer_grid(model, crops, args.out, fixed_kind=args.fixed)
+        out = resizer_grid(model, crops, args.out, kind=cfg.resizer.kind, fixed_kind=args.fixed)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,8 @@
-"""Tasks differ by head size, loss and metrics only; the data path and training loop are shared.
+"""Tasks differ by head size, targets, loss and metrics only; the data path and training loop are shared.
+
+Each task implements the `Task` protocol: the data path asks it to decode a batch's targets
+(`targets`), the loop moves its `columns` to the device and asks it for the loss and the metrics,
+and the launcher asks it for the head size, the metric to keep the best checkpoint by and its mode.
 
 - classification: cross-entropy; top-1, top-5 and loss.
 - quality (AVA, NIMA): a 10-bin softmax over scores 1..10 trained with the squared EMD (r=2)
@@ -11,14 +15,59 @@ computes the metrics once on the whole split (`eval_metrics`), so rank counts ne
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import NUM_SCORE_BINS
+NUM_SCORE_BINS = 10  # AVA votes for scores 1..10
+
+
+class Task(Protocol):
+    """What the data path, the loop and the launcher ask of a task.
+
+    Attributes:
+        name: the value of `JobConfig.task`.
+        target: what data_prep's manifest says the samples carry ("cls", "votes").
+        data_description: the shards this task trains on, for messages.
+        columns: the batch columns holding its targets (besides pixels and valid).
+        target_metric: the evaluation metric the best checkpoint is kept by.
+        mode: "max" when a higher `target_metric` is better, else "min".
+        metric_names: every evaluation metric, in print order.
+    """
+
+    name: str
+    target: str
+    data_description: str
+    columns: tuple[str, ...]
+    target_metric: str
+    mode: Literal["max", "min"]
+    metric_names: tuple[str, ...]
+
+    def num_outputs(self, manifest: dict[str, Any]) -> int:
+        """Size of the head for the shards of this manifest."""
+
+    def targets(self, rows: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The target columns of a batch of shard rows (label, meta), and per row why its target is
+        unusable ("" when it is fine): such a row is flagged and skipped, never trained on."""
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-sample loss (B,)."""
+
+    def eval_outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """A few numbers per evaluated sample, gathered across workers before `eval_metrics`."""
+
+    def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """The metrics of a whole split from the gathered `eval_outputs`."""
+
+    def chance(self, num_outputs: int) -> float:
+        """`target_metric` of a model that learned nothing (guessing)."""
+
+    def chance_meaning(self, num_outputs: int) -> str:
+        """What that chance level is, in words."""
 
 
 def emd_loss(logits: torch.Tensor, target: torch.Tensor, r: float = 2.0) -> torch.Tensor:
@@ -45,11 +94,25 @@ class ClassificationTask:
 
     name: str = "classification"
     target: str = "cls"  # the manifest's target: samples carry a class index
+    data_description: str = "class-labelled (CUB, ImageNet)"
+    columns: tuple[str, ...] = ("label",)
     target_metric: str = "top1"
+    mode: Literal["max", "min"] = "max"
     metric_names: tuple[str, ...] = ("top1", "top5", "eval_loss")
 
     def num_outputs(self, manifest: dict[str, Any]) -> int:
         return int(manifest["num_classes"])
+
+    def chance(self, num_outputs: int) -> float:
+        return 1.0 / num_outputs
+
+    def chance_meaning(self, num_outputs: int) -> str:
+        return f"top-1 of a uniform guess over {num_outputs} classes"
+
+    def targets(self, rows: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """label int64 (B,): the class index; a sample without one (-1) is flagged."""
+        label = np.asarray(rows["label"], np.int64)
+        return {"label": label}, ["" if value >= 0 else "sample has no class label (.cls)" for value in label]
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-sample loss (B,)."""
@@ -79,11 +142,34 @@ class QualityTask:
 
     name: str = "quality"
     target: str = "votes"  # the manifest's target: samples carry AVA vote counts
+    data_description: str = "AVA"
+    columns: tuple[str, ...] = ("scores",)
     target_metric: str = "srcc"
+    mode: Literal["max", "min"] = "max"
     metric_names: tuple[str, ...] = ("srcc", "lcc", "emd", "binary_accuracy", "eval_loss")
 
     def num_outputs(self, manifest: dict[str, Any]) -> int:
         return NUM_SCORE_BINS
+
+    def chance(self, num_outputs: int) -> float:
+        return 0.0
+
+    def chance_meaning(self, num_outputs: int) -> str:
+        return "SRCC of predictions unrelated to the true mean scores"
+
+    def targets(self, rows: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """scores float32 (B, 10): the normalized vote histogram from each sample's metadata; a
+        sample without votes is flagged."""
+        scores = np.zeros((len(rows["meta"]), NUM_SCORE_BINS), np.float32)
+        errors = []
+        for i, meta in enumerate(rows["meta"]):
+            try:
+                scores[i] = score_distribution(meta)
+            except ValueError as err:  # metadata that is not JSON
+                errors.append(f"unreadable metadata: {err}")
+                continue
+            errors.append("" if scores[i].sum() > 0 else "sample has no AVA votes")
+        return {"scores": scores}, errors
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Squared EMD (r=2) per sample (B,)."""
@@ -112,10 +198,24 @@ class QualityTask:
         }
 
 
-TASKS = {"classification": ClassificationTask(), "quality": QualityTask()}
+def score_distribution(meta: str) -> np.ndarray:
+    """The normalized 10-bin vote histogram of an AVA sample's metadata (zeros when absent)."""
+    votes = json.loads(meta).get("votes") if meta else None
+    out = np.zeros(NUM_SCORE_BINS, np.float32)
+    if votes and len(votes) == NUM_SCORE_BINS and sum(votes) > 0:
+        out[:] = np.asarray(votes, np.float32) / float(sum(votes))
+    return out
 
 
-def get_task(name: str) -> ClassificationTask | QualityTask:
+TASKS: dict[str, Task] = {"classification": ClassificationTask(), "quality": QualityTask()}
+
+
+def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"task={name!r} is not allowed; choose one of {sorted(TASKS)}")
     return TASKS[name]
+
+
+def task_for_target(target: str | None) -> Task | None:
+    """The task that trains on shards whose manifest names this target, if any."""
+    return next((t for t in TASKS.values() if t.target == target), None)

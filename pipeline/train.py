@@ -3,17 +3,22 @@
 Same code on GPUs (NCCL, bf16) and CPUs (gloo); the device comes from Ray Train. Per epoch:
 train (micro-batches, accumulation, clipping, warm-up + cosine in steps), evaluate every sample
 of the eval split exactly once, report metrics, checkpoint (all ranks save their shard), log to
-TensorBoard and `history.jsonl`.
+TensorBoard and `history.jsonl`. The shape follows Ray's DeepSpeed example: a short loop over
+small helpers (`setup_model_and_engine`, `resume`, `train_one_epoch`, `evaluate`,
+`report_and_save`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
 import tempfile
 import time
-from typing import Any
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,15 +27,15 @@ from pipeline.checkpoint import (
     LocalMirror,
     append_history,
     load_checkpoint,
-    run_dir,
     save_checkpoint,
     saved_world_size,
     write_meta,
     write_stop,
 )
 from pipeline.config import JobConfig, OptimConfig, from_dict, to_dict
+from pipeline.layout import TENSORBOARD_DIR, checkpoint_dir_name
 from pipeline.model import build_model, param_groups
-from pipeline.tasks import get_task
+from pipeline.tasks import Task, get_task
 
 
 TRAIN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -62,9 +67,16 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, start_factor: f
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def schedule(cfg: OptimConfig, num_steps_per_epoch: int) -> tuple[int, int]:
-    """(warm-up steps, total steps) of a run."""
-    return round(cfg.warmup_epochs * num_steps_per_epoch), cfg.epochs * num_steps_per_epoch
+class Schedule(NamedTuple):
+    """A run's warm-up and total length in optimizer steps; read by name, never by position."""
+
+    warmup_steps: int
+    total_steps: int
+
+
+def schedule(cfg: OptimConfig, num_steps_per_epoch: int) -> Schedule:
+    """The warm-up and total steps of a run at `num_steps_per_epoch` (epochs become steps here)."""
+    return Schedule(warmup_steps=round(cfg.warmup_epochs * num_steps_per_epoch), total_steps=cfg.epochs * num_steps_per_epoch)
 
 
 def deepspeed_config(cfg: JobConfig, world_size: int) -> dict[str, Any]:
@@ -93,11 +105,124 @@ def deepspeed_config(cfg: JobConfig, world_size: int) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- setup
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+def setup_model_and_engine(
+    cfg: JobConfig, *, num_outputs: int, world_size: int, warmup_steps: int, total_steps: int
+) -> Any:
+    """Model, AdamW with no-decay groups, warm-up + cosine, wrapped by DeepSpeed."""
+    import deepspeed
+
+    model = build_model(cfg.model, cfg.resizer, num_outputs)
+    # DeepSpeed casts parameters to bf16/fp16 but not buffers (Swin's attention masks): cast both here.
+    model = model.to(TRAIN_DTYPES[cfg.deepspeed.precision])
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(
+            step,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            start_factor=cfg.optim.warmup_start_factor,
+            min_factor=cfg.optim.min_lr_factor,
+        ),
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, world_size),
+        dist_init_required=False,  # Ray Train already set up torch.distributed
+    )
+    return engine
+
+
+@dataclass
+class Worker:
+    """What one worker knows about its run: config, task, place in the group, where the run lives.
+
+    `console` is the driver's queue of console lines (`pipeline.launch.console_lines`), or None: then
+    rank 0 prints them, and Ray forwards its output to the driver when the driver asked for that.
+    """
+
+    cfg: JobConfig
+    task: Task
+    rank: int
+    world_size: int
+    directory: str
+    num_outputs: int
+    class_names: list[str] | None
+    console: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, line: str) -> None:
+        """A line for the user's console: the plan's progress, never Ray's or a library's."""
+        if not self.is_main:
+            return
+        if self.console is not None:
+            self.console.put(line)
+        else:
+            print(line, flush=True)
+
+
+def setup_worker(config: dict[str, Any]) -> Worker:
+    """Rebuilds the config from plain data, seeds, threads, and quiets library logging unless verbose."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(JobConfig, config["job"])
+    context = ray.train.get_context()
+    if ray.train.torch.get_device().type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+        torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
+    if not config.get("verbose", False):
+        # Ray Train logs every report at INFO through the root logger; DeepSpeed its engine set-up.
+        logging.getLogger().setLevel(logging.WARNING)
+        _quiet_deepspeed()
+    # Ray hands out read-only batches; the loop only reads them.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    torch.manual_seed(cfg.run.seed)
+    return Worker(
+        cfg=cfg,
+        task=get_task(cfg.task),
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        directory=config["run_dir"],
+        num_outputs=config["num_outputs"],
+        class_names=config.get("class_names"),
+        console=config.get("console"),
+    )
+
+
+# ---------------------------------------------------------------- state, stops and small helpers
+
+@dataclass
+class TrainState:
+    """Where training stands: the last finished epoch, optimizer steps so far, best target metric."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+
+
+class StopRun(Exception):
+    """Ends the run on every rank without a retry: a deterministic failure would only fail again."""
+
+
+def _quiet_deepspeed() -> None:
+    from deepspeed.utils import logger as deepspeed_logger
+
+    deepspeed_logger.setLevel(logging.WARNING)
+
+
+def _to_device(batch: dict[str, Any], columns: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
     out = {}
-    for name in ("pixels", "label", "scores", "valid"):
+    for name in ("pixels", "valid", *columns):
         value = batch[name]
         tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
         out[name] = tensor.to(device, non_blocking=True)
@@ -128,236 +253,271 @@ def _strict_message(epoch: int, skipped: list[tuple[str, str]]) -> str:
     )
 
 
-def _stop_run(message: str, *, epoch: int, step: int, is_main: bool, directory: str) -> None:
-    """Ends the run on every rank without a retry: a deterministic failure would only fail again.
+def _stop_run(worker: Worker, message: str, state: TrainState, epoch: int) -> None:
+    """Records why the run ends (the driver raises it, see `pipeline.runs.run`) and tells Ray."""
+    import ray.train
 
-    The driver raises `message` (see `pipeline.launch.launch`).
+    worker.say(message)
+    if worker.is_main:
+        write_stop(worker.directory, message)
+    ray.train.report({"epoch": epoch, "step": state.step, "error": message})
+
+
+# ---------------------------------------------------------------- resume
+
+def resume(engine: Any, worker: Worker) -> TrainState:
+    """Loads every rank's shard of the latest checkpoint, if Ray Train has one for this run.
+
+    Raises:
+        ValueError: the checkpoint was written by another number of workers.
     """
     import ray.train
 
-    if is_main:
-        print(message, flush=True)
-        write_stop(directory, message)
-    ray.train.report({"epoch": epoch, "step": step, "error": message})
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return TrainState()
+    with checkpoint.as_directory() as ckpt_dir:
+        saved = saved_world_size(ckpt_dir)
+        if saved is not None and saved != worker.world_size:
+            raise ValueError(
+                f"the latest checkpoint of run {worker.cfg.run.name!r} was written by {saved} workers; resuming "
+                f"with run.num_workers={worker.world_size} is not possible for a ZeRO checkpoint. Rerun with "
+                f"run.num_workers={saved}, or start a new run (another run.name)"
+            )
+        saved_state = load_checkpoint(engine, ckpt_dir)
+    state = TrainState(epoch=saved_state["epoch"], step=saved_state["step"], best=saved_state.get("best", -math.inf))
+    worker.say(f"resumed from epoch {state.epoch} (step {state.step})")
+    return state
 
 
-def setup_model_and_engine(cfg: JobConfig, num_outputs: int, world_size: int, total_steps: int, warmup_steps: int):
-    """Model, AdamW with no-decay groups, warm-up + cosine, wrapped by DeepSpeed."""
-    import deepspeed
+# ---------------------------------------------------------------- one epoch
 
-    model = build_model(cfg.model, cfg.resizer, num_outputs)
-    # DeepSpeed casts parameters to bf16/fp16 but not buffers (Swin's attention masks): cast both here.
-    model = model.to(TRAIN_DTYPES[cfg.deepspeed.precision])
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps
+@dataclass
+class EpochTrain:
+    """One epoch of training on this worker."""
+
+    loss_sum: float = 0.0
+    num_images: int = 0
+    seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def train_one_epoch(
+    engine: Any, data: Any, worker: Worker, state: TrainState, *, epoch: int, num_steps: int, writer: Any
+) -> EpochTrain:
+    """Micro-batches with accumulation; advances `state.step`. Every worker runs the same number of
+    micro-batches and drains the rest of its split, so the ranks end the epoch together.
+
+    Raises:
+        StopRun: a non-finite loss, or (data.strict) an undecodable sample on any rank.
+    """
+    cfg, task = worker.cfg, worker.task
+    engine.train()
+    out = EpochTrain()
+    started = time.perf_counter()
+    micro_batches = num_steps * cfg.optim.grad_accum
+    micro_step = 0
+    batches = data.iter_batches(
+        batch_size=cfg.data.batch_size, batch_format="numpy", local_shuffle_buffer_size=cfg.data.shuffle_buffer or None
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_factor(
-            step,
-            warmup_steps=warmup_steps,
-            total_steps=total_steps,
-            start_factor=cfg.optim.warmup_start_factor,
-            min_factor=cfg.optim.min_lr_factor,
-        ),
+    for batch in batches:
+        out.skipped += _skipped(batch)  # counted even in the tail that is not trained on
+        if micro_step == micro_batches:
+            continue
+        micro_step += 1
+        tensors = _to_device(batch, task.columns, engine.device)
+        logits = engine(tensors["pixels"])  # (B, num_outputs)
+        valid = tensors["valid"].to(logits.dtype)
+        # Undecodable rows stay in the batch as zeros (fixed shapes, lockstep ranks) with no weight.
+        loss = (task.loss(logits, tensors) * valid).sum() / valid.sum().clamp(min=1)
+        _check_loss_and_data(loss, batch, out.skipped, worker, engine, epoch=epoch, step=state.step, micro_step=micro_step)
+        engine.backward(loss)
+        engine.step()  # steps optimizer and scheduler at accumulation boundaries
+        if micro_step % cfg.optim.grad_accum == 0:
+            state.step += 1
+            if writer is not None and cfg.run.log_every and state.step % cfg.run.log_every == 0:
+                writer.add_scalar("train/loss_step", loss.item(), state.step)
+                worker.say(f"epoch {epoch} step {state.step}: loss {loss.item():.4f}")
+        out.loss_sum += float(loss.detach()) * int(batch["valid"].sum())
+        out.num_images += int(batch["valid"].sum())
+    out.seconds = time.perf_counter() - started
+    return out
+
+
+def _check_loss_and_data(
+    loss: torch.Tensor, batch: dict[str, Any], skipped: list, worker: Worker, engine: Any, *, epoch: int, step: int, micro_step: int
+) -> None:
+    """Stops every rank together on a non-finite loss anywhere, or a skipped sample under data.strict."""
+    num_finite, num_skipped = _all_reduce_sum(
+        [float(torch.isfinite(loss)), float(len(skipped) if worker.cfg.data.strict else 0)], engine.device
     )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, world_size),
-        dist_init_required=False,  # Ray Train already set up torch.distributed
+    if num_skipped:
+        raise StopRun(_strict_message(epoch, [s for rank in _gather(skipped, worker.world_size) for s in rank]))
+    if num_finite != worker.world_size:
+        keys = [str(k) for k in batch["key"]] if not torch.isfinite(loss) else []
+        bad_keys = [k for rank in _gather(keys, worker.world_size) for k in rank]
+        raise StopRun(
+            f"non-finite loss at epoch {epoch}, step {step} (micro-batch {micro_step}); batch keys: {bad_keys}. "
+            "Lower optim.lr, check the data, or use deepspeed.precision=bf16/fp32"
+        )
+
+
+@dataclass
+class EpochEval:
+    """One evaluation on this worker: the task's per-sample outputs and the skipped samples."""
+
+    outputs: dict[str, np.ndarray]
+    skipped: list[tuple[str, str]]
+
+
+def evaluate(engine: Any, data: Any, worker: Worker) -> EpochEval:
+    """Every sample of this worker's unequal share of the eval split, once."""
+    engine.eval()
+    outputs: dict[str, list[np.ndarray]] = {}
+    skipped: list[tuple[str, str]] = []
+    with torch.no_grad():
+        for batch in data.iter_batches(batch_size=worker.cfg.data.batch_size, batch_format="numpy"):
+            skipped += _skipped(batch)
+            tensors = _to_device(batch, worker.task.columns, engine.device)
+            keep = tensors["valid"]
+            logits = engine(tensors["pixels"])
+            kept = {k: v[keep] for k, v in tensors.items()}
+            for name, value in worker.task.eval_outputs(logits[keep], kept).items():
+                outputs.setdefault(name, []).append(value)
+    return EpochEval({k: np.concatenate(v) for k, v in outputs.items()}, skipped)
+
+
+@dataclass
+class EpochResult:
+    """An epoch's metrics over all workers, and every sample skipped anywhere in it."""
+
+    metrics: dict[str, Any]
+    skipped: list[tuple[str, str]]
+    is_best: bool
+
+
+def epoch_result(engine: Any, worker: Worker, state: TrainState, trained: EpochTrain, evaluated: EpochEval, *, epoch: int) -> EpochResult:
+    """Sums the training figures and gathers the evaluation outputs across workers; updates `state.best`.
+
+    Raises:
+        StopRun: data.strict and a sample was skipped outside the trained steps.
+    """
+    task = worker.task
+    loss_sum, num_images, _ = _all_reduce_sum([trained.loss_sum, trained.num_images, len(trained.skipped)], engine.device)
+    gathered: list[tuple[dict[str, np.ndarray], list, list]] = _gather(
+        (evaluated.outputs, trained.skipped, evaluated.skipped), worker.world_size
     )
-    return engine
+    names = sorted({name for outputs, _, _ in gathered for name in outputs})
+    merged = {n: np.concatenate([outputs[n] for outputs, _, _ in gathered if n in outputs]) for n in names}
+    train_skipped = [s for _, rank_skipped, _ in gathered for s in rank_skipped]
+    eval_skipped = [s for _, _, rank_skipped in gathered for s in rank_skipped]
+    if worker.cfg.data.strict and (train_skipped or eval_skipped):
+        raise StopRun(_strict_message(epoch, train_skipped + eval_skipped))
+    metrics = {
+        "epoch": epoch,
+        "step": state.step,
+        "train_loss": loss_sum / max(1.0, num_images),
+        "lr": engine.get_lr()[0],
+        "images_per_second": num_images / trained.seconds,
+        "skipped_train": len(train_skipped),
+        "skipped_eval": len(eval_skipped),
+        "num_eval_samples": len(merged["loss"]) if merged else 0,
+        **task.eval_metrics(merged),
+    }
+    score = metrics[task.target_metric] * (1 if task.mode == "max" else -1)
+    is_best = score > state.best
+    state.best = max(state.best, score)
+    metrics["best_" + task.target_metric] = state.best * (1 if task.mode == "max" else -1)
+    return EpochResult(metrics, train_skipped + eval_skipped, is_best)
+
+
+# ---------------------------------------------------------------- log, report and save
+
+class EpochLog:
+    """Rank 0's console line, TensorBoard scalars and `history.jsonl` record of each epoch."""
+
+    def __init__(self, worker: Worker, state: TrainState) -> None:
+        self.worker = worker
+        self.writer = None
+        if worker.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = LocalMirror(worker.directory, TENSORBOARD_DIR)
+            self.writer = SummaryWriter(self.tensorboard.local, purge_step=state.step or None)
+
+    def write(self, result: EpochResult) -> None:
+        if self.writer is None:
+            return
+        metrics, cfg, task, say = result.metrics, self.worker.cfg, self.worker.task, self.worker.say
+        say(
+            f"epoch {metrics['epoch']}/{cfg.optim.epochs}  step {metrics['step']}  loss {metrics['train_loss']:.4f}  "
+            + "  ".join(f"{k} {metrics[k]:.4f}" for k in task.metric_names)
+            + f"  lr {metrics['lr']:.2e}  {metrics['images_per_second']:.1f} img/s"
+            + f"  skipped {metrics['skipped_train']}+{metrics['skipped_eval']}"
+        )
+        for key, reason in result.skipped:
+            say(f"  skipped {key}: {reason}")
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"epoch/{name}", value, metrics["step"])
+        self.writer.flush()
+        self.tensorboard.sync()
+        append_history(self.worker.directory, {**metrics, "skipped": [list(s) for s in result.skipped]})
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.tensorboard.close()
+
+
+def report_and_save(engine: Any, worker: Worker, state: TrainState, result: EpochResult) -> None:
+    """Reports the epoch to Ray; on a checkpoint epoch (every `run.checkpoint_every`, the last, a new
+    best) every rank first saves its shard, rank 0 the consolidated weights and `meta.json`."""
+    import ray.train
+
+    cfg, epoch = worker.cfg, result.metrics["epoch"]
+    if not (epoch % cfg.run.checkpoint_every == 0 or epoch == cfg.optim.epochs or result.is_best):
+        ray.train.report(result.metrics)
+        return
+    worker.say(f"saving checkpoint of epoch {epoch} (step {state.step})")
+    tmp = tempfile.mkdtemp(prefix="ckpt-")
+    client_state = {"epoch": epoch, "step": state.step, "best": state.best}
+    weights_meta = {"config": to_dict(cfg), "num_outputs": worker.num_outputs, "class_names": worker.class_names}
+    save_checkpoint(engine, tmp, client_state=client_state, weights_meta=weights_meta)
+    if worker.is_main:
+        write_meta(tmp, {**client_state, "world_size": worker.world_size, "zero_stage": cfg.deepspeed.zero_stage})
+    ray.train.report(
+        result.metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=checkpoint_dir_name(epoch)
+    )
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the loop
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every worker. `config` is plain data: {"job": to_dict(JobConfig), "num_outputs",
-    "num_train_samples", "class_names"}."""
+    """Runs on every worker. `config` is plain data: {"job": to_dict(JobConfig), "run_dir",
+    "num_outputs", "num_train_samples", "class_names", "verbose", "console"} (console: a queue handle or None)."""
     import ray.train
-    import ray.train.torch
 
-    cfg = from_dict(JobConfig, config["job"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
-        torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
-    torch.manual_seed(cfg.run.seed)
-    task = get_task(cfg.task)
-    is_main = rank == 0
-    directory = run_dir(cfg.run.storage, cfg.run.name)
-
-    num_steps_per_epoch = steps_per_epoch(
-        config["num_train_samples"], world_size, cfg.data.batch_size, cfg.optim.grad_accum
+    worker = setup_worker(config)
+    cfg = worker.cfg
+    num_steps = steps_per_epoch(config["num_train_samples"], worker.world_size, cfg.data.batch_size, cfg.optim.grad_accum)
+    steps = schedule(cfg.optim, num_steps)
+    engine = setup_model_and_engine(
+        cfg, num_outputs=worker.num_outputs, world_size=worker.world_size,
+        warmup_steps=steps.warmup_steps, total_steps=steps.total_steps,
     )
-    warmup_steps, total_steps = schedule(cfg.optim, num_steps_per_epoch)
-    engine = setup_model_and_engine(cfg, config["num_outputs"], world_size, total_steps, warmup_steps)
-    micro_batches_per_epoch = num_steps_per_epoch * cfg.optim.grad_accum
-
-    # ---- resume from the latest checkpoint (a restarted worker group or a rerun of the same command)
-    start_epoch, step, best = 1, 0, -math.inf
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            saved = saved_world_size(ckpt_dir)
-            if saved is not None and saved != world_size:
-                raise ValueError(
-                    f"the latest checkpoint of run {cfg.run.name!r} was written by {saved} workers; resuming "
-                    f"with run.num_workers={world_size} is not possible for a ZeRO checkpoint. Rerun with "
-                    f"run.num_workers={saved}, or start a new run (another run.name)"
-                )
-            state = load_checkpoint(engine, ckpt_dir)
-        start_epoch, step, best = state["epoch"] + 1, state["step"], state.get("best", -math.inf)
-        if is_main:
-            print(f"resumed from epoch {state['epoch']} (step {step})", flush=True)
-
-    writer = None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tensorboard = LocalMirror(directory, "tensorboard")
-        writer = SummaryWriter(tensorboard.local, purge_step=step if step else None)
-
-    train_data = ray.train.get_dataset_shard("train")
-    eval_data = ray.train.get_dataset_shard("eval")
-
-    for epoch in range(start_epoch, cfg.optim.epochs + 1):
-        # ---- train
-        engine.train()
-        started = time.perf_counter()
-        loss_sum, num_images, skipped = 0.0, 0, []
-        micro_step = 0
-        batches = train_data.iter_batches(
-            batch_size=cfg.data.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-        )
-        for batch in batches:
-            skipped += _skipped(batch)  # counted even in the tail that is not trained on
-            if micro_step == micro_batches_per_epoch:
-                continue  # drain the split so every worker ends the epoch together
-            micro_step += 1
-            tensors = _to_device(batch, engine.device)
-            logits = engine(tensors["pixels"])  # (B, num_outputs)
-            valid = tensors["valid"].to(logits.dtype)
-            # Undecodable rows stay in the batch as zeros (fixed shapes, lockstep ranks) with no weight.
-            loss = (task.loss(logits, tensors) * valid).sum() / valid.sum().clamp(min=1)
-            num_finite, num_skipped = _all_reduce_sum(
-                [float(torch.isfinite(loss)), float(len(skipped) if cfg.data.strict else 0)], engine.device
-            )
-            if num_skipped:
-                stop = _gather(skipped, world_size)
-                message = _strict_message(epoch, [s for ss in stop for s in ss])
-                _stop_run(message, epoch=epoch, step=step, is_main=is_main, directory=directory)
-                return
-            finite = num_finite == world_size
-            if not finite:
-                keys = [str(k) for k in batch["key"]]
-                bad_rank_keys = _gather(keys if not torch.isfinite(loss) else [], world_size)
-                message = (
-                    f"non-finite loss at epoch {epoch}, step {step} (micro-batch {micro_step}); "
-                    f"batch keys: {[k for ks in bad_rank_keys for k in ks]}. Lower optim.lr, check the data, "
-                    "or use deepspeed.precision=bf16/fp32"
-                )
-                _stop_run(message, epoch=epoch, step=step, is_main=is_main, directory=directory)
-                return
-            engine.backward(loss)
-            engine.step()  # steps optimizer and scheduler at accumulation boundaries
-            if micro_step % cfg.optim.grad_accum == 0:
-                step += 1
-                if writer is not None and cfg.run.log_every and step % cfg.run.log_every == 0:
-                    writer.add_scalar("train/loss_step", loss.item(), step)
-                    print(f"epoch {epoch} step {step}: loss {loss.item():.4f}", flush=True)
-            loss_sum += float(loss.detach()) * int(batch["valid"].sum())
-            num_images += int(batch["valid"].sum())
-        train_seconds = time.perf_counter() - started
-        totals = _all_reduce_sum([loss_sum, num_images, len(skipped)], engine.device)
-        train_loss = totals[0] / max(1.0, totals[1])
-        images_per_second = totals[1] / train_seconds
-
-        # ---- evaluate: every sample of the eval split once across workers
-        engine.eval()
-        outputs: dict[str, list[np.ndarray]] = {}
-        eval_skipped = []
-        with torch.no_grad():
-            for batch in eval_data.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy"):
-                eval_skipped += _skipped(batch)
-                tensors = _to_device(batch, engine.device)
-                keep = tensors["valid"]
-                logits = engine(tensors["pixels"])
-                kept = {k: v[keep] for k, v in tensors.items()}
-                for name, value in task.eval_outputs(logits[keep], kept).items():
-                    outputs.setdefault(name, []).append(value)
-        local = {k: np.concatenate(v) for k, v in outputs.items()}
-        gathered = _gather((local, skipped, eval_skipped), world_size)
-        names = sorted({k for g in gathered for k in g[0]})
-        merged = {k: np.concatenate([g[0][k] for g in gathered if k in g[0]]) for k in names}
-        all_train_skipped = [s for g in gathered for s in g[1]]
-        all_eval_skipped = [s for g in gathered for s in g[2]]
-        if cfg.data.strict and (all_train_skipped or all_eval_skipped):  # seen outside the trained steps
-            message = _strict_message(epoch, all_train_skipped + all_eval_skipped)
-            _stop_run(message, epoch=epoch, step=step, is_main=is_main, directory=directory)
-            return
-        metrics = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": train_loss,
-            "lr": engine.get_lr()[0],
-            "images_per_second": images_per_second,
-            "skipped_train": len(all_train_skipped),
-            "skipped_eval": len(all_eval_skipped),
-            "num_eval_samples": len(merged["loss"]) if merged else 0,
-            **task.eval_metrics(merged),
-        }
-        score = metrics[task.target_metric]
-        is_best = score > best
-        best = max(best, score)
-        metrics["best_" + task.target_metric] = best
-
-        # ---- log, checkpoint, report
-        if is_main:
-            line = (
-                f"epoch {epoch}/{cfg.optim.epochs}  step {step}  loss {train_loss:.4f}  "
-                + "  ".join(f"{k} {metrics[k]:.4f}" for k in task.metric_names)
-                + f"  lr {metrics['lr']:.2e}  {images_per_second:.1f} img/s"
-                + f"  skipped {metrics['skipped_train']}+{metrics['skipped_eval']}"
-            )
-            print(line, flush=True)
-            for key, reason in all_train_skipped + all_eval_skipped:
-                print(f"  skipped {key}: {reason}", flush=True)
-            for name, value in metrics.items():
-                writer.add_scalar(f"epoch/{name}", value, step)
-            writer.flush()
-            tensorboard.sync()
-            append_history(directory, {**metrics, "skipped": [list(s) for s in all_train_skipped + all_eval_skipped]})
-
-        save = epoch % cfg.run.checkpoint_every == 0 or epoch == cfg.optim.epochs or is_best
-        if save:
-            if is_main:
-                print(f"saving checkpoint of epoch {epoch} (step {step})", flush=True)
-            tmp = tempfile.mkdtemp(prefix="ckpt-")
-            client_state = {"epoch": epoch, "step": step, "best": best}
-            save_checkpoint(
-                engine,
-                tmp,
-                client_state=client_state,
-                weights_meta={"config": to_dict(cfg), "num_outputs": config["num_outputs"], "class_names": config.get("class_names")},
-            )
-            if is_main:
-                write_meta(tmp, {**client_state, "world_size": world_size, "zero_stage": cfg.deepspeed.zero_stage})
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
-            )
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            ray.train.report(metrics)
-
-    if writer is not None:
-        writer.close()
-        tensorboard.close()
+    state = resume(engine, worker)
+    log = EpochLog(worker, state)
+    train_data, eval_data = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("eval")
+    epoch = state.epoch
+    try:
+        for epoch in range(state.epoch + 1, cfg.optim.epochs + 1):
+            trained = train_one_epoch(engine, train_data, worker, state, epoch=epoch, num_steps=num_steps, writer=log.writer)
+            evaluated = evaluate(engine, eval_data, worker)
+            result = epoch_result(engine, worker, state, trained, evaluated, epoch=epoch)
+            log.write(result)
+            report_and_save(engine, worker, state, result)
+    except StopRun as stop:
+        _stop_run(worker, str(stop), state, epoch)
+    finally:
+        log.close()

@@ -21,45 +21,65 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import posixpath
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from pipeline.checkpoint import is_uri, pop_stop, run_dir
-from pipeline.config import JobConfig, apply_values, from_dict, to_dict
-from pipeline.launch import RunPlan, build_trainer, plan, with_absolute_storage
-from pipeline.tasks import get_task
+from pipeline.config import CompareJobConfig, JobConfig, SearchJobConfig, apply_values, from_dict, to_dict
+from pipeline.launch import run
+from pipeline.layout import EXPERIMENT_FILE, run_dir, trial_dir_name, trial_run_name
+from pipeline.resizer import LEARNED_KINDS, RESIZERS, resizer_kind
+from pipeline.runs import Run, plan, with_absolute_storage
 
-JOB_FILE = "search_job.json"
+E = TypeVar("E", SearchJobConfig, CompareJobConfig)
 
-# The hyperparameters a search varies, as dotted config fields.
+# The hyperparameters a search varies, as dotted config fields: the family's own (resizer registry) and these.
 SEARCHED = (
     "resizer.kind",
-    "resizer.num_filters",
-    "resizer.num_res_blocks",
+    *dict.fromkeys(f for kind in RESIZERS.values() for f in kind.searched),
     "data.crop_size",
     "optim.lr",
     "optim.resizer_lr",
-    "resizer.zero_init_last",
-    "resizer.interpolation",
 )
 
 
-def experiment_dir(cfg: JobConfig) -> str:
-    storage = cfg.run.storage
-    return posixpath.join(storage, cfg.run.name) if is_uri(storage) else os.path.join(storage, cfg.run.name)
+@dataclass(frozen=True)
+class Experiment:
+    """A search or comparison folder and the config it runs with.
+
+    Attributes:
+        cfg: the experiment's config (a resumed experiment: the one it started with).
+        directory: `<storage>/<name>`, absolute or a URI.
+        base: the planned run of the config as given (data, task and resources checked once).
+    """
+
+    cfg: SearchJobConfig | CompareJobConfig
+    directory: str
+    base: Run
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """A finished (or stopped) search or comparison: its folder and Tune's ResultGrid."""
+
+    directory: str
+    grid: Any
 
 
 def _log_mid(low: float, high: float) -> float:
     return math.exp((math.log(low) + math.log(high)) / 2)
 
 
-def search_space(cfg: JobConfig) -> dict[str, Any]:
+def _learned_kind(cfg: JobConfig) -> str:
+    """The learned family a search tunes: the job's resizer when it learns, else the first learned kind."""
+    return cfg.resizer.kind if resizer_kind(cfg.resizer.kind).learned else LEARNED_KINDS[0]
+
+
+def search_space(cfg: SearchJobConfig) -> dict[str, Any]:
     """Tune domains for every searched field."""
     from ray import tune
 
     search = cfg.search
-    kinds = ["learned", *search.fixed_arms] if search.algorithm == "optuna" else ["learned"]
+    kinds = [_learned_kind(cfg), *search.fixed_arms] if search.algorithm == "optuna" else [_learned_kind(cfg)]
 
     def log_range(bounds: tuple[float, float]) -> Any:
         low, high = bounds
@@ -77,7 +97,7 @@ def search_space(cfg: JobConfig) -> dict[str, Any]:
     }
 
 
-def paired_points(cfg: JobConfig) -> list[dict[str, Any]]:
+def paired_points(cfg: SearchJobConfig) -> list[dict[str, Any]]:
     """The first trials: a base learned resizer and each fixed arm with the same other values,
     so the search always holds a like-for-like "learned vs fixed" pair."""
     search = cfg.search
@@ -89,7 +109,7 @@ def paired_points(cfg: JobConfig) -> list[dict[str, Any]]:
         return current if current is not None and bounds[0] <= current <= bounds[1] else _log_mid(*bounds)
 
     base = {
-        "resizer.kind": "learned",
+        "resizer.kind": _learned_kind(cfg),
         "resizer.num_filters": pick(search.num_filters, cfg.resizer.num_filters),
         "resizer.num_res_blocks": pick(search.num_res_blocks, cfg.resizer.num_res_blocks),
         "data.crop_size": pick(search.input_sizes, cfg.data.crop_size),
@@ -101,16 +121,18 @@ def paired_points(cfg: JobConfig) -> list[dict[str, Any]]:
     return [base] + [{**base, "resizer.kind": arm} for arm in search.fixed_arms]
 
 
-def comparison_arms(cfg: JobConfig) -> dict[str, dict[str, Any]]:
+def comparison_arms(cfg: CompareJobConfig) -> dict[str, dict[str, Any]]:
     """The arms of a comparison, by name: the config values each one sets on the job's config.
 
     Learned arms keep the job's other resizer settings; the full-resolution arm feeds the crop to
-    the backbone unresized (a bilinear resize to the same size is the identity).
+    the backbone unresized (a bilinear resize to the same size is the identity). Every arm's values
+    name its `resizer.kind`, which reports ask the resizer registry about.
     """
     compare = cfg.compare
     arms: dict[str, dict[str, Any]] = {}
+    kind = _learned_kind(cfg)
     for n, r in compare.learned:
-        arms[f"learned_n{n}_r{r}"] = {"resizer.kind": "learned", "resizer.num_filters": n, "resizer.num_res_blocks": r}
+        arms[f"{kind}_n{n}_r{r}"] = {"resizer.kind": kind, "resizer.num_filters": n, "resizer.num_res_blocks": r}
     for kind in compare.fixed_arms:
         arms[kind] = {"resizer.kind": kind}
     if compare.full_res:
@@ -119,40 +141,40 @@ def comparison_arms(cfg: JobConfig) -> dict[str, dict[str, Any]]:
 
 
 def trial_config(cfg: JobConfig, params: dict[str, Any], arms: dict[str, dict[str, Any]] | None = None) -> JobConfig:
-    """The job config of one trial: its arm's values (comparisons), then every dotted config field
-    of `params`; other keys are labels. A resize before the crop keeps its ratio."""
+    """The training config of one trial: its arm's values (comparisons), then every dotted config
+    field of `params`; other keys are labels. A resize before the crop keeps its ratio."""
     values = dict(arms[params["arm"]]) if arms and "arm" in params else {}
     values.update({k: v for k, v in params.items() if "." in k})
     crop = values.get("data.crop_size", cfg.data.crop_size)
     if cfg.data.resize_size is not None and crop != cfg.data.crop_size:
         values["data.resize_size"] = max(crop, round(cfg.data.resize_size * crop / cfg.data.crop_size))
-    return apply_values(cfg, values)
+    return apply_values(cfg.training(), values)
 
 
-def _trial(params: dict[str, Any], job: dict[str, Any], arms: dict[str, dict[str, Any]] | None = None) -> None:
-    """One trial's driver: runs the TorchTrainer of its config, reporting every epoch to Tune."""
+def _trial(
+    params: dict[str, Any],
+    job: dict[str, Any],
+    directory: str,
+    manifest: dict[str, Any],
+    arms: dict[str, dict[str, Any]] | None = None,
+    verbose: bool = False,
+) -> None:
+    """One trial's driver: trains its config as a Train run inside the experiment folder, reporting
+    every epoch to Tune."""
+    import ray
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    base = from_dict(JobConfig, job)
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_config(base, params, arms)
+    cfg = trial_config(from_dict(JobConfig, job), params, arms)
     # Deterministic: a restored search reruns this driver, and Train resumes the run of this name.
-    cfg = apply_values(cfg, {"run.name": f"train_{trial_id}", "run.storage": experiment_dir(base)})
-    run_plan = plan(cfg)
-    pop_stop(run_dir(cfg.run.storage, cfg.run.name))  # a stale record of an earlier, interrupted run
-    build_trainer(cfg, run_plan, callbacks=[TuneReportCallback()]).fit()
-    error = pop_stop(run_dir(cfg.run.storage, cfg.run.name))
-    if error:
-        raise RuntimeError(error)
+    cfg = apply_values(cfg, {"run.name": trial_run_name(trial_id), "run.storage": directory})
+    run(plan(cfg, resources=ray.cluster_resources(), manifest=manifest), callbacks=[TuneReportCallback()], verbose=verbose)
 
 
-def max_concurrent_trials(
-    cfg: JobConfig, resources: dict[str, float], use_gpu: bool, *, limit: int | None = None
-) -> int:
-    """Trials that fit at once: `limit` (default: search.max_concurrent) when set; else GPUs per
-    trial on a GPU cluster, or CPUs for the trial's driver, its workers and one data task."""
-    limit = cfg.search.max_concurrent if limit is None else limit
+def max_concurrent_trials(cfg: JobConfig, resources: dict[str, float], use_gpu: bool, *, limit: int | None = None) -> int:
+    """Trials that fit at once: `limit` when set; else GPUs per trial on a GPU cluster, or CPUs for
+    the trial's driver, its workers and one data task."""
     if limit is not None:
         return limit
     if use_gpu:
@@ -161,192 +183,173 @@ def max_concurrent_trials(
     return max(1, int(resources.get("CPU", 0) // per_trial))
 
 
-def _write_job(directory: str, cfg: JobConfig) -> None:
+def write_experiment(directory: str, cfg: JobConfig) -> None:
+    """Saves the config an experiment starts with (`search_job.json`); a resume continues with it."""
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(directory)
     fs.makedirs(path, exist_ok=True)
-    with fs.open(posixpath.join(path, JOB_FILE), "w") as f:
+    with fs.open(f"{path.rstrip('/')}/{EXPERIMENT_FILE}", "w") as f:
         json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
 
 
-def read_job(directory: str) -> JobConfig:
-    """The config a search in `directory` started with."""
+def read_experiment(directory: str, cls: type[E]) -> E:
+    """The config a search (`SearchJobConfig`) or comparison (`CompareJobConfig`) in `directory` started with.
+
+    Raises:
+        ValueError: the folder holds no experiment file.
+    """
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(directory)
-    target = posixpath.join(path, JOB_FILE)
+    target = f"{path.rstrip('/')}/{EXPERIMENT_FILE}"
     if not fs.exists(target):
-        raise ValueError(f"{directory}: no {JOB_FILE}; is this a search or comparison folder made by pipeline.tune?")
+        raise ValueError(f"{directory}: no {EXPERIMENT_FILE}; is this a search or comparison folder made by pipeline.tune?")
     with fs.open(target) as f:
-        return from_dict(JobConfig, json.load(f))
+        data = json.load(f)
+    other = "compare" if cls is SearchJobConfig else "search"
+    data.pop(other, None)  # folders written before the split carried both sections
+    return from_dict(cls, data)
 
 
-def _open(cfg: JobConfig, resume: bool, what: str) -> tuple[JobConfig, str]:
-    """The experiment's config and folder; a resumed one continues with the config it started with.
+def _open(cfg: E, *, resume: bool, what: str) -> Experiment:
+    """The experiment's folder and config (a resumed one continues with the config it started with),
+    planned once against its data and the cluster.
 
     Raises:
-        ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not.
+        ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not;
+            or the config does not fit its data or the cluster.
     """
+    import ray
     from ray import tune
 
     cfg = with_absolute_storage(cfg)
-    directory = experiment_dir(cfg)
+    directory = run_dir(cfg.run.storage, cfg.run.name)
     exists = tune.Tuner.can_restore(directory)
     if resume and not exists:
         raise ValueError(f"--resume: no {what} to resume at {directory}; run without --resume to start one")
     if exists and not resume:
         raise ValueError(f"a {what} already exists at {directory}; pass --resume to continue it or use another --name")
-    return (read_job(directory) if resume else cfg), directory
+    if resume:
+        cfg = read_experiment(directory, type(cfg))
+    return Experiment(cfg=cfg, directory=directory, base=plan(cfg, resources=ray.cluster_resources()))
 
 
 def _fit(
-    cfg: JobConfig,
-    directory: str,
-    *,
-    what: str,
-    resume: bool,
-    param_space: dict[str, Any],
-    metric: str,
-    mode: str,
-    describe: Callable[[int], str],
-    limit: int | None = None,
-    make_search_alg: Callable[[int], Any] | None = None,
-    scheduler: Any = None,
-    num_samples: int = 1,
-    arms: dict[str, dict[str, Any]] | None = None,
-) -> Any:
-    """The one Tuner setup: plans, then starts or restores the experiment and waits for it.
-
-    Args:
-        what: "search" or "comparison", for messages.
-        describe: the banner printed at the start, given the number of concurrent trials.
-        limit: concurrent trials; None derives them from the cluster (`max_concurrent_trials`).
-        make_search_alg: builds the search algorithm for a concurrency (None: Tune's grid/random).
-        scheduler: trial scheduler (None: FIFO, every trial runs to the end).
-        arms: named config values that the `arm` parameter of a trial selects (`trial_config`).
-
-    Returns:
-        Tune's ResultGrid.
-    """
+    experiment: Experiment, *, resume: bool, tune_config: Any, param_space: dict[str, Any], arms: dict | None, verbose: bool
+) -> ExperimentResult:
+    """The one Tuner setup: starts (saving the experiment's config) or restores the experiment, and waits for it."""
     from ray import tune
 
-    run_plan: RunPlan = plan(cfg)  # validates data and resources before any trial starts
-    trainable = tune.with_resources(tune.with_parameters(_trial, job=to_dict(cfg), arms=arms), {"CPU": 1})
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial, job=to_dict(experiment.cfg.training()), directory=experiment.directory,
+            manifest=experiment.base.manifest, arms=arms, verbose=verbose,
+        ),
+        {"CPU": 1},
+    )
     if resume:
-        print(f"resuming {what} {cfg.run.name!r} from {directory}", flush=True)
-        tuner = tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
-
-    import ray
-
-    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), run_plan.use_gpu, limit=limit)
-    _write_job(directory, cfg)
-    print(describe(concurrency), flush=True)
+        what = "search" if isinstance(experiment.cfg, SearchJobConfig) else "comparison"
+        print(f"resuming {what} {experiment.cfg.run.name!r} from {experiment.directory}", flush=True)
+        tuner = tune.Tuner.restore(experiment.directory, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return ExperimentResult(experiment.directory, tuner.fit())
+    write_experiment(experiment.directory, experiment.cfg)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode=mode,
-            search_alg=make_search_alg(concurrency) if make_search_alg else None,
-            scheduler=scheduler,
-            num_samples=num_samples,
-            max_concurrent_trials=concurrency,
-            trial_name_creator=lambda trial: f"trial_{trial.trial_id}",
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
-        ),
-        run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage),
+        tune_config=tune_config,
+        run_config=tune.RunConfig(name=experiment.cfg.run.name, storage_path=experiment.cfg.run.storage),
     )
-    return tuner.fit()
+    return ExperimentResult(experiment.directory, tuner.fit())
 
 
-def run_search(cfg: JobConfig, *, resume: bool = False) -> Any:
+def _trial_names() -> dict[str, Any]:
+    """Tune's trial and folder names: `trial_<id>`, the names reports read back."""
+    return {
+        "trial_name_creator": lambda trial: trial_dir_name(trial.trial_id),
+        "trial_dirname_creator": lambda trial: trial_dir_name(trial.trial_id),
+    }
+
+
+def search_objective(cfg: SearchJobConfig) -> tuple[str, str]:
+    """(metric, mode) a search optimizes: `search.metric` and `search.mode`, else the task's own."""
+    from pipeline.tasks import get_task
+
+    if cfg.search.metric:
+        return cfg.search.metric, cfg.search.mode
+    task = get_task(cfg.task)
+    return task.target_metric, task.mode
+
+
+def run_search(cfg: SearchJobConfig, *, resume: bool = False, verbose: bool = False) -> ExperimentResult:
     """Starts, or with `resume` continues, the search named `cfg.run.name` in `cfg.run.storage`.
 
-    Returns:
-        Tune's ResultGrid.
-
     Raises:
-        ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not.
+        ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not;
+            or the config does not fit its data or the cluster.
     """
+    import ray
+    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    cfg, directory = _open(cfg, resume, "search")
-    metric = cfg.search.metric or get_task(cfg.task).target_metric
+    experiment = _open(cfg, resume=resume, what="search")
+    cfg = experiment.cfg
+    metric, mode = search_objective(cfg)
     points = paired_points(cfg)
+    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), experiment.base.use_gpu, limit=cfg.search.max_concurrent)
+    if cfg.search.algorithm == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
 
-    def make_search_alg(concurrency: int) -> Any:
-        if cfg.search.algorithm == "optuna":
-            from ray.tune.search import ConcurrencyLimiter
-            from ray.tune.search.optuna import OptunaSearch
-
-            return ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points, seed=cfg.run.seed), max_concurrent=concurrency)
+        search_alg = ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points, seed=cfg.run.seed), max_concurrent=concurrency)
+    else:
         from ray.tune.search import BasicVariantGenerator
 
         # A search algorithm of our own ignores TuneConfig.max_concurrent_trials: limit it here.
-        return BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.run.seed, max_concurrent=concurrency)
-
-    def describe(concurrency: int) -> str:
-        return (
+        search_alg = BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.run.seed, max_concurrent=concurrency)
+    if not resume:
+        print(
             f"search {cfg.run.name!r}: {cfg.search.num_samples} trials ({len(points)} paired first: learned vs "
-            f"{', '.join(cfg.search.fixed_arms) or 'none'}), {concurrency} at a time, ASHA on {metric} ({cfg.search.mode}) "
+            f"{', '.join(cfg.search.fixed_arms) or 'none'}), {concurrency} at a time, ASHA on {metric} ({mode}) "
             f"(grace {cfg.search.grace_period} epochs, reduction {cfg.search.reduction_factor}), max "
-            f"{cfg.optim.epochs} epochs -> {directory}"
+            f"{cfg.optim.epochs} epochs -> {experiment.directory}",
+            flush=True,
         )
-
-    return _fit(
-        cfg,
-        directory,
-        what="search",
-        resume=resume,
-        param_space=search_space(cfg),
-        metric=metric,
-        mode=cfg.search.mode,
-        describe=describe,
-        make_search_alg=make_search_alg,
-        scheduler=ASHAScheduler(
-            time_attr="epoch",
-            max_t=cfg.optim.epochs,
-            grace_period=cfg.search.grace_period,
-            reduction_factor=cfg.search.reduction_factor,
-        ),
-        num_samples=cfg.search.num_samples,
+    scheduler = ASHAScheduler(
+        time_attr="epoch", max_t=cfg.optim.epochs, grace_period=cfg.search.grace_period,
+        reduction_factor=cfg.search.reduction_factor,
     )
+    tune_config = tune.TuneConfig(
+        metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler, num_samples=cfg.search.num_samples,
+        max_concurrent_trials=concurrency, **_trial_names(),
+    )
+    return _fit(experiment, resume=resume, tune_config=tune_config, param_space=search_space(cfg), arms=None, verbose=verbose)
 
 
-def run_comparison(cfg: JobConfig, *, resume: bool = False) -> Any:
+def run_comparison(cfg: CompareJobConfig, *, resume: bool = False, verbose: bool = False) -> ExperimentResult:
     """Starts, or with `resume` continues, the comparison named `cfg.run.name`: every arm of
     `comparison_arms` x every seed of `compare.seeds`, each run for the full budget (no early stop).
 
-    Returns:
-        Tune's ResultGrid.
-
     Raises:
-        ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not.
+        ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not;
+            or the config does not fit its data or the cluster.
     """
+    import ray
     from ray import tune
 
-    cfg, directory = _open(cfg, resume, "comparison")
+    experiment = _open(cfg, resume=resume, what="comparison")
+    cfg = experiment.cfg
     arms = comparison_arms(cfg)
-    metric = get_task(cfg.task).target_metric
-
-    def describe(concurrency: int) -> str:
-        return (
+    task = experiment.base.task
+    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), experiment.base.use_gpu, limit=cfg.compare.max_concurrent)
+    if not resume:
+        print(
             f"comparison {cfg.run.name!r}: {len(arms)} arms ({', '.join(arms)}) x {len(cfg.compare.seeds)} seeds "
             f"{list(cfg.compare.seeds)} = {len(arms) * len(cfg.compare.seeds)} trials of {cfg.optim.epochs} epochs, "
-            f"{concurrency} at a time, {metric} against {cfg.compare.baseline} -> {directory}"
+            f"{concurrency} at a time, {task.target_metric} against {cfg.compare.baseline} -> {experiment.directory}",
+            flush=True,
         )
-
-    return _fit(
-        cfg,
-        directory,
-        what="comparison",
-        resume=resume,
-        param_space={"arm": tune.grid_search(list(arms)), "run.seed": tune.grid_search(list(cfg.compare.seeds))},
-        metric=metric,
-        mode="max",  # the training loop keeps the best checkpoint by the task's metric, higher is better
-        describe=describe,
-        limit=cfg.compare.max_concurrent,
-        arms=arms,
-    )
+    # The loop keeps the best checkpoint by the task's metric and mode; Tune ranks trials the same way.
+    tune_config = tune.TuneConfig(metric=task.target_metric, mode=task.mode, max_concurrent_trials=concurrency, **_trial_names())
+    param_space = {"arm": tune.grid_search(list(arms)), "run.seed": tune.grid_search(list(cfg.compare.seeds))}
+    return _fit(experiment, resume=resume, tune_config=tune_config, param_space=param_space, arms=arms, verbose=verbose)

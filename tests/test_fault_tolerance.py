@@ -19,8 +19,9 @@ import pytest
 
 from pipeline.checkpoint import SAVE_DELAY_ENV, read_history
 from pipeline.config import DataConfig, DeepSpeedConfig, JobConfig, ModelConfig, OptimConfig, ResizerConfig, RunConfig
-from pipeline.data import DataError
-from pipeline.launch import launch, plan
+from pipeline.launch import launch
+from pipeline.manifest import DataError
+from pipeline.runs import plan as plan_run
 from pipeline.train import steps_per_epoch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,9 +205,15 @@ def test_strict_data_stops_the_run_naming_the_sample(tiny_shards, tmp_path, ray_
 
 # ---------------------------------------------------------------- 7. bad configuration fails fast
 
-@pytest.mark.ray
-def test_bad_configuration_fails_before_asking_for_resources(tiny_shards, shards_copy, tmp_path, ray_local):
+def test_bad_configuration_fails_before_asking_for_resources(tiny_shards, shards_copy, tmp_path):
+    """plan() checks a config against its data and the cluster's resources (here a 2-core machine's
+    8 logical CPUs, as the local Ray of the tests has) without asking the cluster for anything."""
     storage = str(tmp_path)
+    cluster = {"CPU": 8.0}
+
+    def plan(cfg):
+        return plan_run(cfg, resources=cluster)
+
     with pytest.raises(DataError, match="does not exist.*python -m data_prep"):
         plan(tiny_job(str(tmp_path / "missing"), storage))
     manifest_path = Path(shards_copy) / "manifest.json"

@@ -12,7 +12,7 @@ from data_prep.ava import shard_ava
 from data_prep.demo_layouts import generate_ava_demo
 from data_prep.shards import ShardOptions
 
-from tests.jobs.conftest import TINY_RESNET
+from tests.jobs.conftest import TINY_RESNET, run_job_main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -37,9 +37,9 @@ def run_job(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_print_config_has_four_arms_and_three_seeds_at_the_recipe_input_size():
-    result = run_job("--print-config")
-    assert result.returncode == 0, result.stderr
-    cfg = json.loads(result.stdout)
+    code, out, err = run_job_main("compare_resizers.py", "--print-config")
+    assert code == 0, err
+    cfg = json.loads(out)
     assert cfg["compare"]["learned"] == [[16, 1]] and cfg["compare"]["fixed_arms"] == ["bilinear", "bicubic", "area"]
     assert cfg["compare"]["seeds"] == [0, 1, 2] and cfg["compare"]["full_res"] is False
     assert (cfg["data"]["crop_size"], cfg["run"]["num_workers"], cfg["data"]["batch_size"]) == (768, 1, 8)

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from pipeline.compare import REPORT_FILES, format_table, paired_difference, summarize, t_interval, write_comparison, arm_runs
-from pipeline.config import CompareConfig, JobConfig, OptimConfig, to_dict
+from pipeline.config import CompareConfig, CompareJobConfig, OptimConfig, to_dict
 from pipeline.report import Trial
 
 LEARNED = [0.48, 0.61, 0.55, 0.52]
@@ -66,7 +66,7 @@ def test_summary_uses_the_final_epoch_and_reports_the_best_beside_it():
 
 
 def test_report_files_from_a_comparison_folder(tmp_path):
-    job = JobConfig(optim=OptimConfig(epochs=2), compare=CompareConfig(fixed_arms=("bilinear", "bicubic")))
+    job = CompareJobConfig(optim=OptimConfig(epochs=2), compare=CompareConfig(fixed_arms=("bilinear", "bicubic")))
     (tmp_path / "search_job.json").write_text(json.dumps(to_dict(job)))
     for runs in _runs().values():
         for trial in runs.values():

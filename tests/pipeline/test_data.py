@@ -7,16 +7,11 @@ import pytest
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data import (
-    DataError,
-    build_dataset,
-    decode_batch,
-    iter_tar_samples,
-    read_manifest,
-    score_distribution,
-    shard_urls,
-    transform_image,
-)
+from pipeline.data import build_dataset, decode_batch, iter_tar_samples, transform_image
+from pipeline.manifest import DataError, read_manifest, shard_urls
+from pipeline.tasks import get_task, score_distribution
+
+CLASSIFICATION = get_task("classification")
 
 
 def _jpeg(width=60, height=40, color=(200, 30, 30)) -> bytes:
@@ -83,7 +78,7 @@ def test_decode_batch_flags_bad_images_and_keeps_going():
             {"key": "d", "jpg": b"", "label": -1, "meta": "{}", "error": "truncated tar"},
         ]
     )
-    out = decode_batch(batch, resize_size=None, crop_size=32, train=False)
+    out = decode_batch(batch, resize_size=None, crop_size=32, train=False, task=CLASSIFICATION)
     assert out["valid"].tolist() == [True, False, False, False]
     assert out["pixels"].shape == (4, 3, 32, 32) and out["pixels"][0].max() > 150
     assert "undecodable" in out["error"][1] and "undecodable" in out["error"][2]
@@ -132,7 +127,7 @@ def test_tiny_ray_dataset_decodes_every_sample_and_flags_the_corrupt_one(tmp_pat
     _write_tar(tmp_path / "train-000001.tar", samples[10:])
     urls = [str(tmp_path / "train-000000.tar"), str(tmp_path / "train-000001.tar")]
     for train in (True, False):
-        ds = build_dataset(DataConfig(path=str(tmp_path), resize_size=None, crop_size=24), urls, train=train, seed=0)
+        ds = build_dataset(DataConfig(path=str(tmp_path), resize_size=None, crop_size=24), urls, train=train, seed=0, task=CLASSIFICATION)
         rows = ds.take_all()
         assert sorted(r["key"] for r in rows) == sorted(k for k, _ in samples)  # each sample once
         bad = [r for r in rows if not r["valid"]]

@@ -88,7 +88,7 @@ def test_gradient_checkpointing_and_channels_last_give_the_same_logits():
 def test_swin_large_with_resizer_runs_at_768_to_384():
     model = build_model(ModelConfig(pretrained=False), ResizerConfig(), num_outputs=200).eval()
     assert model.input_size == 384
-    # 196.7M with the 1000-class head (BRIEF.md); 195.5M with a 200-class one
+    # 196.7M with the 1000-class head (docs/method.md); 195.5M with a 200-class one
     assert 195.4e6 < sum(p.numel() for p in model.backbone.parameters()) < 195.6e6
     with torch.inference_mode():
         logits = model(torch.randint(0, 256, (1, 3, 768, 768), dtype=torch.uint8))

@@ -2,10 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import FIXED_RESIZER_KINDS, ResizerConfig
-from pipeline.resizer import FixedResizer, LearnedResizer, build_resizer, count_parameters
+from pipeline.config import ResizerConfig
+from pipeline.resizer import FIXED_KINDS, FixedResizer, LearnedResizer, build_resizer, count_parameters
 
-# The paper's ablation grid, conv weights only (Talebi & Milanfar 2021; BRIEF.md).
+# The paper's ablation grid, conv weights only (Talebi & Milanfar 2021; docs/method.md).
 PAPER_CONV_WEIGHTS = {
     (16, 1): 11_872, (16, 2): 16_480, (16, 3): 21_088, (16, 4): 25_696,
     (32, 1): 38_080, (32, 2): 56_512, (32, 3): 74_944, (32, 4): 93_376,
@@ -23,7 +23,7 @@ def test_parameter_count_with_biases_and_batch_norm():
 
 
 @pytest.mark.parametrize("in_hw,out_hw", [((64, 64), (32, 32)), ((32, 32), (48, 48)), ((60, 90), (24, 40)), ((40, 30), (50, 20))])
-@pytest.mark.parametrize("kind", ["learned", *FIXED_RESIZER_KINDS])
+@pytest.mark.parametrize("kind", ["learned", *FIXED_KINDS])
 def test_output_shape_down_up_and_non_square(kind, in_hw, out_hw):
     resizer = build_resizer(ResizerConfig(kind=kind), out_hw)
     assert resizer(torch.randn(2, 3, *in_hw)).shape == (2, 3, *out_hw)

@@ -18,8 +18,8 @@ def test_grid_has_one_column_per_resizer_plus_input_and_learned_differences(tmp_
     model = build_model(TINY, ResizerConfig(num_filters=4), num_outputs=3).eval()
     crops = [np.random.default_rng(i).integers(0, 256, (3, 32, 32), dtype=np.uint8) for i in range(2)]
     size = (16, 16)
-    columns = [(kind, FixedResizer(size, kind)) for kind in ("bilinear", "bicubic", "area")]
-    columns.append(("learned n4", model.resizer))
+    columns = [(kind, FixedResizer(size, kind), kind) for kind in ("bilinear", "bicubic", "area")]
+    columns.append(("learned n4", model.resizer, "learned"))
     wide = resizer_columns_grid(model, crops, columns, tmp_path / "all.png", difference_to="bilinear")
     narrow = resizer_columns_grid(model, crops, columns[:2], tmp_path / "two.png")
     width_wide, height = Image.open(wide).size

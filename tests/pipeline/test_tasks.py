@@ -9,13 +9,14 @@ from data_prep.ava import shard_ava
 from data_prep.demo_layouts import generate_ava_demo
 from data_prep.shards import ShardOptions
 from pipeline.config import DataConfig, JobConfig
-from pipeline.launch import plan
+from pipeline.runs import plan
 from pipeline.tasks import ClassificationTask, QualityTask, emd_loss, mean_score
 
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(size=(6, 10)).astype(np.float32)
 VOTES = RNG.integers(0, 40, size=(6, 10)).astype(np.float32)
 SCORES = VOTES / VOTES.sum(-1, keepdims=True)
+CPUS = {"CPU": 8}  # the cluster plan() checks against
 
 
 def numpy_emd(logits: np.ndarray, target: np.ndarray, r: float = 2.0) -> np.ndarray:
@@ -98,8 +99,8 @@ def test_top1_and_top5_on_fixed_logits():
 
 def test_a_task_refuses_shards_of_the_other_target(tiny_shards, tmp_path):
     with pytest.raises(ValueError, match=r"target 'cls'; task='quality' needs target 'votes'"):
-        plan(JobConfig(task="quality", data=DataConfig(path=tiny_shards["path"], resize_size=None, crop_size=32)))
+        plan(JobConfig(task="quality", data=DataConfig(path=tiny_shards["path"], resize_size=None, crop_size=32)), resources=CPUS)
     src = generate_ava_demo(tmp_path / "raw", num_images=8, image_size=(32, 32), workers=1)
     shard_ava(src, str(tmp_path / "ava"), ShardOptions(workers=1, verbose=False))
     with pytest.raises(ValueError, match=r"ava shards with target 'votes'; task='classification' needs target 'cls'"):
-        plan(JobConfig(task="classification", data=DataConfig(path=str(tmp_path / "ava"), resize_size=None, crop_size=32)))
+        plan(JobConfig(task="classification", data=DataConfig(path=str(tmp_path / "ava"), resize_size=None, crop_size=32)), resources=CPUS)

@@ -2,22 +2,22 @@ import json
 
 import pytest
 
-from pipeline.config import DataConfig, JobConfig, RunConfig, SearchConfig, apply_overrides
+from pipeline.config import CompareJobConfig, DataConfig, JobConfig, RunConfig, SearchConfig, SearchJobConfig, apply_overrides
 from pipeline.report import load_trials, summarize, write_report
 from pipeline.tune import SEARCHED, max_concurrent_trials, paired_points, search_space, trial_config
 
 
 def test_search_space_covers_every_searched_field():
-    space = search_space(JobConfig(search=SearchConfig(lr=(1e-5, 1e-3))))
+    space = search_space(SearchJobConfig(search=SearchConfig(lr=(1e-5, 1e-3))))
     assert set(space) == set(SEARCHED)
     assert space["optim.lr"].lower == 1e-5 and space["optim.lr"].upper == 1e-3  # log-uniform range
     assert space["resizer.kind"].categories == ["learned"]  # fixed arms come as paired points
-    optuna = search_space(JobConfig(search=SearchConfig(algorithm="optuna", fixed_arms=("bilinear", "area"))))
+    optuna = search_space(SearchJobConfig(search=SearchConfig(algorithm="optuna", fixed_arms=("bilinear", "area"))))
     assert optuna["resizer.kind"].categories == ["learned", "bilinear", "area"]
 
 
 def test_paired_points_differ_only_in_the_resizer():
-    cfg = JobConfig(search=SearchConfig(num_samples=6, fixed_arms=("bilinear", "bicubic_aa")))
+    cfg = SearchJobConfig(search=SearchConfig(num_samples=6, fixed_arms=("bilinear", "bicubic_aa")))
     learned, *fixed = paired_points(cfg)
     assert learned["resizer.kind"] == "learned" and [p["resizer.kind"] for p in fixed] == ["bilinear", "bicubic_aa"]
     for point in fixed:
@@ -37,7 +37,7 @@ def test_concurrency_is_derived_from_the_cluster():
     cfg = JobConfig(run=RunConfig(num_workers=2, cpus_per_worker=1))
     assert max_concurrent_trials(cfg, {"CPU": 8}, use_gpu=False) == 2  # driver + 2 workers + 1 read task
     assert max_concurrent_trials(cfg, {"CPU": 64, "GPU": 16}, use_gpu=True) == 8
-    assert max_concurrent_trials(apply_overrides(cfg, ["search.max_concurrent=3"]), {"CPU": 8}, use_gpu=False) == 3
+    assert max_concurrent_trials(cfg, {"CPU": 8}, use_gpu=False, limit=3) == 3  # search/compare.max_concurrent
 
 
 def test_search_config_validation():
@@ -90,12 +90,13 @@ def test_report_of_a_folder_without_trials_says_so(tmp_path):
 def test_comparison_arms_change_only_the_resizer_or_the_backbone_input():
     from pipeline.tune import comparison_arms
 
-    cfg = apply_overrides(JobConfig(), ["compare.learned=[[16, 1], [32, 2]]", "compare.full_res=true"])
+    cfg = apply_overrides(CompareJobConfig(), ["compare.learned=[[16, 1], [32, 2]]", "compare.full_res=true"])
     arms = comparison_arms(cfg)
     assert list(arms) == ["learned_n16_r1", "learned_n32_r2", "bilinear", "bicubic", "area", "full_res"]
     trial = trial_config(cfg, {"arm": "learned_n32_r2", "run.seed": 2}, arms)
     assert (trial.resizer.kind, trial.resizer.num_filters, trial.resizer.num_res_blocks, trial.run.seed) == ("learned", 32, 2, 2)
     assert trial.data == cfg.data and trial.optim == cfg.optim and trial.model == cfg.model
+    assert type(trial) is JobConfig  # a trial trains: the comparison section stays on the driver
     full = trial_config(cfg, {"arm": "full_res", "run.seed": 0}, arms)
     assert (full.resizer.kind, full.model.img_size) == ("bilinear", cfg.data.crop_size)
 

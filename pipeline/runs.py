@@ -1,0 +1,192 @@
+"""The run layer: a training config becomes one `Run` value that everything downstream uses.
+
+`plan(cfg, resources=...)` checks the config against its data and the cluster's resources and
+returns the `Run`: absolute storage and the run's folder, the task, what the manifest says (head
+size, shard URLs, sample counts, class names), whether it trains on GPUs, and the checkpoint a
+rerun resumes from. It reads the manifest (unless given) and asks the cluster for nothing; asking an
+autoscaler for GPUs is a separate step (`pipeline.launch.autoscaler_request`), made once.
+
+`pipeline.launch.run(run)` trains a planned run; a job's `launch(cfg)` and every Tune trial call it.
+Reports read runs back through `read_history` and the names of `pipeline.layout`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.checkpoint import latest_checkpoint_meta, read_history
+from pipeline.config import JobConfig
+from pipeline.layout import absolute_storage, run_dir
+from pipeline.manifest import read_manifest, shard_urls, split_size
+from pipeline.tasks import Task, get_task, task_for_target
+from pipeline.train import steps_per_epoch
+
+__all__ = ["Run", "plan", "check_model_input", "read_history", "with_absolute_storage"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A planned training run: the config (storage absolute) and everything derived from it once.
+
+    Attributes:
+        cfg: the training config; `cfg.run.storage` is absolute or a URI.
+        directory: `<storage>/<name>`, where checkpoints, history and TensorBoard logs go.
+        task: the task of `cfg.task`.
+        manifest: the shards' manifest.
+        num_outputs: the head's size (classes, or score bins).
+        train_urls: the training split's shards.
+        eval_urls: the evaluation split's shards.
+        num_train_samples: samples in the training split.
+        num_eval_samples: samples in the evaluation split.
+        use_gpu: one GPU per worker, else CPUs.
+        resumes_from: `meta.json` of the checkpoint a rerun continues from (None: a new run).
+    """
+
+    cfg: JobConfig
+    directory: str
+    task: Task
+    manifest: dict[str, Any]
+    num_outputs: int
+    train_urls: list[str]
+    eval_urls: list[str]
+    num_train_samples: int
+    num_eval_samples: int
+    use_gpu: bool
+    resumes_from: dict[str, Any] | None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.manifest.get("class_names")
+
+    def describe(self) -> str:
+        """The one line a job prints before it trains."""
+        cfg = self.cfg
+        device = "GPU" if self.use_gpu else "CPU"
+        return (
+            f"run {cfg.run.name!r}: {self.num_train_samples} train / {self.num_eval_samples} eval samples "
+            f"({len(self.train_urls)}+{len(self.eval_urls)} shards), {self.num_outputs} outputs, "
+            f"{cfg.run.num_workers} {device} workers x batch {cfg.data.batch_size} x accum {cfg.optim.grad_accum}, "
+            f"ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}, {cfg.optim.epochs} epochs -> {self.directory}"
+        )
+
+
+def with_absolute_storage(cfg: JobConfig) -> JobConfig:
+    """The config with `run.storage` absolute (or a URI): Ray workers run in their own working directories."""
+    storage = absolute_storage(cfg.run.storage)
+    return cfg if storage == cfg.run.storage else dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, storage=storage))
+
+
+def plan(cfg: JobConfig, *, resources: dict[str, float], manifest: dict[str, Any] | None = None) -> Run:
+    """Validates a training config against its data and the cluster's resources; asks the cluster for nothing.
+
+    Args:
+        cfg: the training config (a search's or comparison's config gives its training part).
+        resources: the cluster's resources (`ray.cluster_resources()`).
+        manifest: the shards' manifest when the caller already read it; else it is read here.
+
+    Raises:
+        ValueError: (DataError included) naming the field and the fix.
+    """
+    cfg = with_absolute_storage(cfg.training())
+    manifest = read_manifest(cfg.data.path) if manifest is None else manifest
+    task = get_task(cfg.task)
+    _check_target(cfg, task, manifest)
+    num_outputs = task.num_outputs(manifest)
+    train_urls = shard_urls(cfg.data.path, manifest, cfg.data.train_split)
+    eval_urls = shard_urls(cfg.data.path, manifest, cfg.data.eval_split)
+    num_train = split_size(manifest, cfg.data.train_split)
+    if task.target == "cls":
+        _check_classes(cfg, num_outputs)
+    steps_per_epoch(num_train, cfg.run.num_workers, cfg.data.batch_size, cfg.optim.grad_accum)
+    check_model_input(cfg, num_outputs)
+    directory = run_dir(cfg.run.storage, cfg.run.name)
+    previous = latest_checkpoint_meta(directory)
+    if previous is not None and previous.get("world_size") not in (None, cfg.run.num_workers):
+        raise ValueError(
+            f"run {cfg.run.name!r} resumes from {previous['checkpoint']}, written by {previous['world_size']} "
+            f"workers with ZeRO-{previous.get('zero_stage')}; a ZeRO checkpoint loads only into the same number of "
+            f"workers. Rerun with --num-workers {previous['world_size']}, or start a new run with another --name"
+        )
+    return Run(
+        cfg=cfg,
+        directory=directory,
+        task=task,
+        manifest=manifest,
+        num_outputs=num_outputs,
+        train_urls=train_urls,
+        eval_urls=eval_urls,
+        num_train_samples=num_train,
+        num_eval_samples=split_size(manifest, cfg.data.eval_split),
+        use_gpu=_check_resources(cfg, resources),
+        resumes_from=previous,
+    )
+
+
+def _check_target(cfg: JobConfig, task: Task, manifest: dict[str, Any]) -> None:
+    if manifest.get("target") == task.target:
+        return
+    other = task_for_target(manifest.get("target"))
+    raise ValueError(
+        f"data.path={cfg.data.path!r} holds {manifest.get('dataset', '?')} shards with target "
+        f"{manifest.get('target')!r}; task={cfg.task!r} needs target {task.target!r}. Point data.path at "
+        f"{task.data_description} shards, or use task={other.name if other else '?'!r}"
+    )
+
+
+def _check_classes(cfg: JobConfig, num_classes: int) -> None:
+    if num_classes < 2:
+        raise ValueError(f"data.path={cfg.data.path!r}: manifest has num_classes={num_classes}; need at least 2")
+    if cfg.data.num_classes is not None and cfg.data.num_classes != num_classes:
+        raise ValueError(
+            f"data.num_classes={cfg.data.num_classes} but the manifest of data.path={cfg.data.path!r} lists "
+            f"{num_classes} classes: wrong shards for this recipe? Point --data at the right shards, or "
+            "set data.num_classes=none to train on what the shards hold"
+        )
+
+
+def _check_resources(cfg: JobConfig, resources: dict[str, float]) -> bool:
+    """Whether the run trains on GPUs; raises when the cluster cannot host its workers."""
+    gpus = resources.get("GPU", 0)
+    use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else gpus > 0
+    if use_gpu and gpus < cfg.run.num_workers and not cfg.run.autoscale:
+        raise ValueError(
+            f"run.num_workers={cfg.run.num_workers} needs {cfg.run.num_workers} GPUs; the cluster has "
+            f"{gpus:g}. Lower run.num_workers, add GPU nodes, or on an autoscaling cluster "
+            "set run.autoscale=true to ask the autoscaler for them"
+        )
+    needed = cfg.run.num_workers * cfg.run.cpus_per_worker + cfg.data.num_cpus_per_read
+    if not use_gpu and resources.get("CPU", 0) < needed:
+        raise ValueError(
+            f"run.num_workers={cfg.run.num_workers} x run.cpus_per_worker={cfg.run.cpus_per_worker:g} plus one "
+            f"data task needs {needed:g} CPUs; the cluster has "
+            f"{resources.get('CPU', 0):g}. Lower run.num_workers or run.cpus_per_worker"
+        )
+    if cfg.deepspeed.precision == "fp16" and not use_gpu:
+        raise ValueError("deepspeed.precision='fp16' needs GPUs; on CPU use 'bf16' or 'fp32'")
+    return bool(use_gpu)
+
+
+def check_model_input(cfg: JobConfig, num_outputs: int) -> None:
+    """Runs the model once on the meta device (no memory, no compute) at the configured crop size, so
+    a backbone that cannot take the resizer's output fails here, not on a worker after launch."""
+    import torch
+
+    from pipeline.model import build_model
+
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, checkpoint_path=None)
+    with torch.device("meta"):
+        # eval(): batch norm on running statistics, so a 1x1 feature map of one image is no error
+        model = build_model(model_cfg, cfg.resizer, num_outputs).eval()
+        pixels = torch.zeros(1, 3, cfg.data.crop_size, cfg.data.crop_size, dtype=torch.uint8)
+        try:
+            logits = model(pixels)
+        except Exception as err:  # noqa: BLE001 - any failure here is a config the backbone cannot take
+            raise ValueError(
+                f"model.backbone={cfg.model.backbone!r} cannot take a {cfg.data.crop_size}px crop resized to "
+                f"{model.input_size}px ({type(err).__name__}: {err}). Set model.img_size to a size the backbone "
+                "accepts (its pretrained input size is the safe choice; model.img_size=none uses it), or change data.crop_size"
+            ) from err
+    if tuple(logits.shape) != (1, num_outputs):
+        raise ValueError(f"model.backbone={cfg.model.backbone!r} gives outputs {tuple(logits.shape)}, expected (1, {num_outputs})")
