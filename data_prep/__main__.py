@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataPrepError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # an --out that cannot be written, a --src that cannot be read
+        print(f"error: {error.filename or ''}: {error.strerror or error}; check --src and --out", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

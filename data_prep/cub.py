@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_prep.records import DataPrepError, DatasetSpec, Record, error_at, parse_int, read_table
+from data_prep.records import DataPrepError, DatasetSpec, Record, confined, error_at, parse_int, read_table
 from data_prep.shards import ShardOptions, write_dataset
 
 SPLIT_NAMES = {1: "train", 0: "test"}
@@ -37,6 +37,7 @@ def read_cub(src: str | Path) -> DatasetSpec:
         image_id = parse_int(images_txt, line_number, id_text, "image_id")
         if image_id in paths:
             raise error_at(images_txt, line_number, f"duplicate image id {image_id} (first on line {image_lines[image_id]})")
+        confined(root / "images", path.strip(), images_txt, line_number)
         paths[image_id] = path.strip()
         image_lines[image_id] = line_number
     if not paths:

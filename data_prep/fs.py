@@ -6,6 +6,7 @@ Shards are always written to a local file first (by the worker processes) and th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -87,6 +88,14 @@ class OutDir:
         else:
             self.fs.put_file(local_path, self._path(name))
             os.remove(local_path)
+
+    def sha256(self, name: str) -> str:
+        """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+        digest = hashlib.sha256()
+        with self.fs.open(self._path(name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def remove(self, name: str) -> None:
         """Deletes a file if it exists."""

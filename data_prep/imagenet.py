@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data_prep.records import DataPrepError, DatasetSpec, Record, error_at, parse_int
+from data_prep.records import DataPrepError, DatasetSpec, Record, error_at, parse_int, text_lines
 from data_prep.shards import ShardOptions, write_dataset
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -63,12 +63,24 @@ def read_imagenet(src: str | Path, splits: tuple[str, ...] = ("train", "val"), v
 def _class_wnids(root: Path) -> list[str]:
     for folder in (root / "train", root / "val"):
         if folder.is_dir():
-            wnids = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+            wnids = _class_folders(folder)
             if wnids:
+                for wnid in wnids:
+                    if not _image_files(folder / wnid):
+                        raise DataPrepError(
+                            f"{folder / wnid}: holds no images ({', '.join(IMAGE_EXTENSIONS)}), so it cannot be a class; "
+                            "remove the folder (every folder of train/ becomes a class)"
+                        )
                 return wnids
     raise DataPrepError(
         f"{root}: cannot find the class list; expected train/<wnid>/ folders (or val/<wnid>/). Check --src"
     )
+
+
+def _class_folders(folder: Path) -> list[str]:
+    """The sorted sub-folders that are classes: hidden ones (``.ipynb_checkpoints``, ``.DS_Store`` folders,
+    ``__MACOSX``) never are, so a notebook or an unzip tool cannot shift every label by one."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith((".", "__")))
 
 
 def _image_files(folder: Path) -> list[str]:
@@ -84,7 +96,7 @@ def _val_records(root: Path, index: dict[str, int], val_labels: Path | None) -> 
     val_dir = root / "val"
     if not val_dir.is_dir():
         raise DataPrepError(f"{val_dir}: validation folder not found; add it or pass --splits train")
-    subfolders = sorted(e.name for e in os.scandir(val_dir) if e.is_dir())
+    subfolders = _class_folders(val_dir)
     if subfolders and val_labels is None:
         records = []
         for wnid in subfolders:
@@ -119,20 +131,24 @@ def _val_records(root: Path, index: dict[str, int], val_labels: Path | None) -> 
 def _csv_labels(path: Path, index: dict[str, int]) -> dict[str, str]:
     labels: dict[str, str] = {}
     lines: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for line_number, row in enumerate(csv.reader(f), start=1):
-            if line_number == 1 and row and row[0] == "ImageId":
-                continue
-            if not row:
-                continue
-            if len(row) != 2 or not row[1].split():
-                raise error_at(path, line_number, f"expected 'ImageId,PredictionString', got {row}", "fix the line")
-            image_id, wnid = row[0].strip(), row[1].split()[0]
-            if wnid not in index:
-                raise error_at(path, line_number, f"wnid {wnid!r} is not a class of train/")
-            if image_id in labels:
-                raise error_at(path, line_number, f"duplicate image id {image_id!r} (first on line {lines[image_id]})")
-            labels[image_id], lines[image_id] = wnid, line_number
+    if not path.is_file():
+        raise DataPrepError(f"{path}: validation label file not found; check --val-labels")
+    rows = csv.reader(line for _, line in text_lines(path))
+    for line_number, row in enumerate(rows, start=1):
+        if line_number == 1 and row and row[0] == "ImageId":
+            continue
+        if not row:
+            continue
+        if len(row) != 2 or not row[1].split():
+            raise error_at(path, line_number, f"expected 'ImageId,PredictionString', got {row}", "fix the line")
+        image_id, wnid = row[0].strip(), row[1].split()[0]
+        if not image_id or image_id != Path(image_id).name or image_id in (".", ".."):
+            raise error_at(path, line_number, f"ImageId {image_id!r} is not a file name", "ImageIds are file stems in val/")
+        if wnid not in index:
+            raise error_at(path, line_number, f"wnid {wnid!r} is not a class of train/")
+        if image_id in labels:
+            raise error_at(path, line_number, f"duplicate image id {image_id!r} (first on line {lines[image_id]})")
+        labels[image_id], lines[image_id] = wnid, line_number
     return labels
 
 

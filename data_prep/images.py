@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import warnings
 
 import numpy as np
@@ -62,6 +63,8 @@ def prepare_image(data: bytes, *, max_side: int | None = None, decode_check: boo
     """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; data_prep needs it False to catch truncated files")
+    if not data:
+        raise ImageError("unreadable: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,7 +123,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _describe(error: Exception) -> str:
-    text = str(error) or type(error).__name__
+    # Pillow names the stream object ("cannot identify image file <_io.BytesIO object at 0x7f...>"): the
+    # address differs per run, and the reason goes into the manifest, which must be the same for the same input.
+    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "(not an image format Pillow reads)", str(error)) or type(error).__name__
     if "truncated" in text.lower() or "premature end" in text.lower():
         return f"truncated: {text}"
     return f"unreadable: {text}"

@@ -40,6 +40,7 @@ Shards are ``OUT/<split>-<NNNNNN>.tar`` (webdataset layout); per sample, in this
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from data_prep.fs import open_file
@@ -47,6 +48,14 @@ from data_prep.fs import open_file
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PROGRESS_DIR = "_progress"
+
+
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
+
+
+def is_shard_name(name: str) -> bool:
+    """A plain ``*.tar`` file name: no folder part, so a manifest cannot point readers outside its folder."""
+    return bool(SHARD_NAME.fullmatch(name))
 
 
 def load_manifest(uri: str) -> dict[str, Any]:
@@ -72,6 +81,10 @@ def load_manifest(uri: str) -> dict[str, Any]:
         ) from None
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{url}: format_version {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+    for split in manifest.get("splits", {}).values():
+        for shard in split.get("shards", []):
+            if not is_shard_name(shard.get("name", "")):
+                raise ValueError(f"{url}: shard name {shard.get('name')!r} is not a file in that folder; rerun data_prep")
     return manifest
 
 

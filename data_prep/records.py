@@ -8,8 +8,9 @@ image with no votes). Structural problems in the metadata raise `DataPrepError` 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 class DataPrepError(ValueError):
@@ -111,18 +112,41 @@ def read_table(path: Path, num_columns: int, columns: str, *, maxsplit: int = -1
     if not path.is_file():
         raise DataPrepError(f"{path}: metadata file not found; check --src points at the dataset root")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            fields = line.split(None, maxsplit) if maxsplit >= 0 else line.split()
-            if len(fields) != num_columns:
-                raise error_at(
-                    path, line_number, f"expected {num_columns} columns {columns}, got {len(fields)}: {line.rstrip()!r}",
-                    "fix or remove the line",
-                )
-            rows.append((line_number, fields))
+    for line_number, line in text_lines(path):
+        if not line.strip():
+            continue
+        fields = line.split(None, maxsplit) if maxsplit >= 0 else line.split()
+        if len(fields) != num_columns:
+            raise error_at(
+                path, line_number, f"expected {num_columns} columns {columns}, got {len(fields)}: {line.rstrip()!r}",
+                "fix or remove the line",
+            )
+        rows.append((line_number, fields))
     return rows
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of a UTF-8 text file; a line that is not UTF-8 raises `DataPrepError`
+    naming the file, the line and the byte (metadata written in Latin-1 or another code page)."""
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise error_at(
+                    path, line_number, f"not UTF-8 text: byte 0x{raw[error.start]:02x} at column {error.start + 1}",
+                    "save the file as UTF-8",
+                ) from None
+
+
+def confined(root: Path, relative: str, path: Path, line_number: int) -> Path:
+    """`root / relative`, refused (naming file and line) when `relative` is absolute or climbs out of `root`
+    with `..`: metadata must not make data_prep read files outside the dataset. The check is on the
+    path as written; symlinks the user put inside the dataset are followed as usual."""
+    normal = os.path.normpath(relative)
+    if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
+        raise error_at(path, line_number, f"path {relative!r} leaves {root}", "paths must be relative and stay inside it")
+    return root / normal
 
 
 def parse_int(path: Path, line_number: int, text: str, what: str) -> int:

@@ -30,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -43,6 +44,7 @@ from data_prep.records import DataPrepError, DatasetSpec, Record, check_unique_k
 # Test hook: after this many shards are committed, the run kills itself (and its workers, when it leads its
 # process group) with SIGKILL, as a preempted machine would. Used by tests/data_prep/test_resume.py.
 KILL_AFTER_SHARDS_ENV = "DATA_PREP_KILL_AFTER_SHARDS"
+OWNER_FILE = f"{PROGRESS_DIR}/owner.json"  # which dataset and --src this folder's shards are of
 _SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{6})\.tar(\.tmp)?$")
 
 
@@ -261,8 +263,7 @@ def write_dataset(spec: DatasetSpec, out: str, options: ShardOptions) -> dict[st
     start = time.perf_counter()
     check_unique_keys(spec.splits)
     out_dir = OutDir(out)
-    out_dir.makedirs()
-    out_dir.makedirs(PROGRESS_DIR)
+    claim_output(out_dir, spec)
     out_dir.remove(MANIFEST_NAME)  # a manifest must never describe shards that are being rewritten
 
     plans: list[ShardPlan] = []
@@ -273,11 +274,13 @@ def write_dataset(spec: DatasetSpec, out: str, options: ShardOptions) -> dict[st
         skipped += split_skipped
     _remove_stale(out_dir, set(spec.splits), {p.name for p in plans})
 
-    done: dict[str, dict[str, Any]] = {}
-    for plan in plans:
-        progress = _read_progress(out_dir, plan)
-        if progress is not None:
-            done[plan.name] = progress
+    done, changed = _kept_shards(out_dir, plans)
+    if changed and options.verbose:
+        print(
+            f"{spec.dataset}: rewriting {len(changed)} shard(s) whose bytes no longer match the checksum this tool "
+            f"recorded: {', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''}",
+            file=sys.stderr,
+        )
     todo = [plan for plan in plans if plan.name not in done]
     num_resumed = len(done)
 
@@ -342,15 +345,70 @@ def _write_or_fail(plan: ShardPlan, staging: str, options: ShardOptions) -> dict
         raise DataPrepError(f"{error}; rerun without --strict to skip and list such images") from None
 
 
-def _read_progress(out_dir: OutDir, plan: ShardPlan) -> dict[str, Any] | None:
-    """The progress record of a shard finished by an earlier run with the same plan, or None."""
-    try:
-        progress = out_dir.read_json(f"{PROGRESS_DIR}/{plan.name}.json")
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if progress.get("plan_hash") != plan.plan_hash or out_dir.size(plan.name) != progress.get("bytes"):
-        return None
-    return progress
+def _kept_shards(out_dir: OutDir, plans: list[ShardPlan]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The shards an earlier run finished with the same plan and whose bytes still hash to what it
+    recorded (keyed by name), and the names of planned shards that are there but changed since."""
+    candidates = {}
+    for plan in plans:
+        try:
+            progress = out_dir.read_json(f"{PROGRESS_DIR}/{plan.name}.json")
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        if progress.get("plan_hash") == plan.plan_hash and out_dir.size(plan.name) is not None:
+            candidates[plan.name] = progress
+    # hashing reads every kept shard once; threads overlap the reads (hashlib releases the GIL)
+    with concurrent.futures.ThreadPoolExecutor(min(8, max(len(candidates), 1))) as pool:
+        digests = dict(zip(candidates, pool.map(out_dir.sha256, candidates)))
+    done = {name: progress for name, progress in candidates.items() if digests[name] == progress.get("sha256")}
+    return done, sorted(set(candidates) - set(done))
+
+
+def claim_output(out_dir: OutDir, spec: DatasetSpec) -> None:
+    """Makes sure `out_dir` is this dataset's to write, then marks it so.
+
+    data_prep only deletes or overwrites files it wrote itself: an output folder is accepted when it is
+    new or empty, or when an earlier data_prep run of the same dataset from the same --src wrote it
+    (its ``_progress/owner.json``, or for older runs its manifest, says so).
+
+    Raises:
+        DataPrepError: the folder is inside --src, holds files data_prep did not write, or holds another
+            dataset's shards.
+    """
+    src = spec.options.get("src")
+    if out_dir.is_local and src and Path(out_dir.root).resolve().is_relative_to(Path(src).resolve()):
+        raise DataPrepError(
+            f"--out {out_dir.uri} is inside --src {src}: a rerun would read the shards as part of the dataset "
+            "(ImageNet: as a class); pass an --out outside --src"
+        )
+    if out_dir.is_local and os.path.exists(out_dir.root) and not os.path.isdir(out_dir.root):
+        raise DataPrepError(f"--out {out_dir.uri} is a file; pass a folder (new or empty)")
+    owner = {"dataset": spec.dataset, "src": src}
+    names = out_dir.list()
+    if names:
+        recorded = None
+        if out_dir.exists(OWNER_FILE):
+            recorded = out_dir.read_json(OWNER_FILE)
+        elif MANIFEST_NAME in names:
+            try:
+                manifest = out_dir.read_json(MANIFEST_NAME)
+                recorded = {"dataset": manifest.get("dataset"), "src": manifest.get("created_by", {}).get("src")}
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                recorded = None
+        elif PROGRESS_DIR in names:
+            recorded = owner  # an interrupted run of an older version: its shards are recorded in _progress
+        if recorded is None:
+            raise DataPrepError(
+                f"--out {out_dir.uri} is not empty and was not written by data_prep (no {MANIFEST_NAME} or "
+                f"{PROGRESS_DIR}/); data_prep never overwrites files it did not write: pass a new or empty folder"
+            )
+        if recorded != owner:
+            raise DataPrepError(
+                f"--out {out_dir.uri} holds the shards of {recorded['dataset']} from {recorded['src']}, not of "
+                f"{spec.dataset} from {src}; pass another --out (or delete that folder yourself if it is no longer needed)"
+            )
+    out_dir.makedirs()
+    out_dir.makedirs(PROGRESS_DIR)
+    out_dir.write_json(OWNER_FILE, owner)
 
 
 def _remove_stale(out_dir: OutDir, splits: set[str], planned: set[str]) -> None:

@@ -17,9 +17,9 @@ import multiprocessing
 import tarfile
 from typing import Any
 
-from data_prep.fs import open_file
+from data_prep.fs import OutDir, open_file
 from data_prep.images import ImageError, check_jpeg
-from data_prep.manifest import load_manifest
+from data_prep.manifest import MANIFEST_NAME, load_manifest
 from data_prep.shards import available_cores
 
 
@@ -94,7 +94,7 @@ def verify(uri: str, workers: int | None = None) -> list[str]:
         manifest = load_manifest(uri)
     except (FileNotFoundError, ValueError) as error:
         return [str(error)]
-    base = uri.rstrip("/")
+    base = uri.rstrip("/").removesuffix("/" + MANIFEST_NAME)
     jobs = [
         (f"{base}/{shard['name']}", shard, manifest["target"], manifest["num_classes"])
         for split in manifest["splits"].values()
@@ -109,6 +109,16 @@ def verify(uri: str, workers: int | None = None) -> list[str]:
             results = list(pool.map(verify_shard, *zip(*jobs)))
 
     problems = [problem for shard_problems, _ in results for problem in shard_problems]
+    listed = {shard["name"] for split in manifest["splits"].values() for shard in split["shards"]}
+    try:
+        present = OutDir(base).list()
+    except OSError:
+        present = []
+    problems += [
+        f"{name}: a tar in the folder that the manifest does not list (a reader of the folder would take it "
+        "for a shard); move it elsewhere"
+        for name in present if name.endswith(".tar") and name not in listed
+    ]
     key_counts = collections.Counter(key for _, keys in results for key in keys)
     problems += [f"sample key {key} appears {count} times" for key, count in sorted(key_counts.items()) if count > 1]
     skipped_per_split = collections.Counter(entry["split"] for entry in manifest["skipped"])

@@ -9,7 +9,7 @@ import json
 import posixpath
 from typing import Any
 
-MANIFEST = "manifest.json"
+from data_prep.manifest import MANIFEST_NAME as MANIFEST, is_shard_name
 
 
 class DataError(ValueError):
@@ -53,7 +53,14 @@ def shard_urls(path: str, manifest: dict[str, Any], split: str) -> list[str]:
     shards = splits[split].get("shards", [])
     if not shards:
         raise DataError(f"data.path={path!r}: split {split!r} has no shards; rerun data_prep")
+    for shard in shards:
+        if not is_shard_name(shard.get("name", "")):
+            raise DataError(
+                f"data.path={path!r}: manifest shard name {shard.get('name')!r} is not a file in that folder; "
+                "rerun data_prep to rewrite the manifest"
+            )
     return [posixpath.join(path.rstrip("/"), s["name"]) for s in shards]
+
 
 
 def split_size(manifest: dict[str, Any], split: str) -> int:
