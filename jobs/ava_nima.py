@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted wo
 
 from jobs._common import (  # noqa: E402
     DEMO_RESNET_KWARGS,
+    cli,
     ensure_demo_shards,
     job_parser,
     paper_2x_sizes,
@@ -108,6 +109,7 @@ def demo_data() -> str:
     return ensure_demo_shards("ava", image_size=DEMO_IMAGE_SIZE)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__)
     parser.add_argument(
@@ -119,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo:
         cfg = demo_config(args.data or demo_data())
     else:
-        try:
-            cfg = config(args.backbone)
-        except ValueError as err:
-            parser.error(str(err))
+        cfg = config(args.backbone)  # an unknown --backbone: `error: ...`, exit code 2 (cli)
     return run_job(resolve_config(cfg, args), demo=args.demo, print_config=args.print_config, verbose=args.verbose)
 
 

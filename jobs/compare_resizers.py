@@ -54,7 +54,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir wins
 
 from jobs import ava_nima, cub_swinl, imagenet_resnet50  # noqa: E402
-from jobs._common import init_ray, job_parser, resolve_config, show_config  # noqa: E402
+from jobs._common import cli, init_ray, job_parser, resolve_config, show_config  # noqa: E402
 from pipeline.config import CompareConfig, CompareJobConfig, JobConfig, RunConfig  # noqa: E402
 
 RECIPES = ("cub", "imagenet", "ava")
@@ -111,6 +111,7 @@ def demo_data(recipe: str) -> str:
     return (OTHER_RECIPES[recipe] if recipe != "cub" else cub_swinl).demo_data()
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__)
     parser.add_argument("--resume", action="store_true", help="continue the interrupted comparison of this --name")
@@ -126,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo:
         cfg = demo_config(args.data or demo_data(args.recipe), args.recipe)
     else:
-        try:
-            cfg = config(args.recipe, args.backbone)
-        except ValueError as err:
-            parser.error(str(err))
+        cfg = config(args.recipe, args.backbone)  # an unknown --backbone: `error: ...`, exit code 2 (cli)
     cfg = resolve_config(cfg, args)
     if args.full_res:
         cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare, full_res=True))
@@ -143,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     init_ray(args.demo, verbose=args.verbose)
     started = time.perf_counter()
-    try:
-        directory = run_comparison(cfg, resume=args.resume, verbose=args.verbose).directory
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    directory = run_comparison(cfg, resume=args.resume, verbose=args.verbose).directory
     minutes = (time.perf_counter() - started) / 60
     if is_uri(directory):
         print(f"comparison in {directory}; sync it and run: python -m pipeline.compare <local folder>")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir wins
 
-from jobs._common import DEMO_CLASS_HFLIP, ensure_demo_shards, job_parser, resolve_config, run_job  # noqa: E402
+from jobs._common import DEMO_CLASS_HFLIP, cli, ensure_demo_shards, job_parser, resolve_config, run_job  # noqa: E402
 from pipeline.config import (  # noqa: E402
     DataConfig,
     DeepSpeedConfig,
@@ -98,6 +98,7 @@ def demo_data() -> str:
     return ensure_demo_shards(num_classes=DEMO_CLASSES, num_images=DEMO_IMAGES)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__).parse_args(argv)
     cfg = demo_config(args.data or demo_data()) if args.demo else config()

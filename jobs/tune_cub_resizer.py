@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir wins
 
 from jobs import cub_swinl  # noqa: E402
-from jobs._common import ensure_demo_shards, init_ray, job_parser, resolve_config, show_config  # noqa: E402
+from jobs._common import cli, ensure_demo_shards, init_ray, job_parser, resolve_config, show_config  # noqa: E402
 from pipeline.config import SearchConfig, SearchJobConfig  # noqa: E402
 
 
@@ -82,6 +82,7 @@ def demo_config(data_path: str) -> SearchJobConfig:
     )
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     from pipeline.layout import is_uri
     from pipeline.report import format_table, write_report
@@ -95,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         return show_config(cfg)
     init_ray(args.demo, verbose=args.verbose)
-    try:
-        directory = run_search(cfg, resume=args.resume, verbose=args.verbose).directory
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    directory = run_search(cfg, resume=args.resume, verbose=args.verbose).directory
     if not is_uri(directory):
         summary = write_report(directory)
         print(format_table(summary))

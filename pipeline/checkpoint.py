@@ -57,15 +57,44 @@ def save_checkpoint(engine: Any, directory: str, *, client_state: dict[str, Any]
 
 
 def load_checkpoint(engine: Any, directory: str) -> dict[str, Any]:
-    """Loads every rank's shard into the engine; returns the client state saved with it.
+    """Loads every rank's shard into the engine (with `weights_only_engine`); returns the client state saved with it.
 
     Raises:
         ValueError: the checkpoint was written by a different number of workers.
+        pickle.UnpicklingError: a shard holds something other than tensors and DeepSpeed's plain state.
     """
+    engine.checkpoint_engine = weights_only_engine(engine._config)
     _, client_state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
     if client_state is None:
         raise ValueError(f"{directory}: DeepSpeed found no checkpoint under tag {DEEPSPEED_TAG!r}")
     return client_state
+
+
+def deepspeed_safe_globals() -> list[Any]:
+    """The classes DeepSpeed pickles into its ZeRO shards besides tensors and builtins (found with
+    `torch.serialization.get_unsafe_globals_in_checkpoint` on ZeRO 1-3 checkpoints in fp32 and bf16)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def weights_only_engine(config: Any = None) -> Any:
+    """A DeepSpeed checkpoint engine that loads with `torch.load(weights_only=True)`.
+
+    DeepSpeed's own engine loads shards with `weights_only=False`: a pickle can run any code, so whoever
+    can write to the run's storage (a shared bucket) would run code on every node that resumes. This one
+    unpickles tensors, builtins and `deepspeed_safe_globals()` only, and refuses anything else.
+    """
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location: Any = None) -> Any:
+            with torch.serialization.safe_globals(deepspeed_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return WeightsOnlyCheckpointEngine(config)
 
 
 def saved_world_size(directory: str) -> int | None:
@@ -107,23 +136,54 @@ def load_weights(path: str) -> dict[str, Any]:
         path = os.path.join(path, WEIGHTS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}; give a checkpoint folder written by a training run")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
 
 
 def append_history(directory: str, record: dict[str, Any]) -> None:
-    """Appends one epoch's metrics to `<run dir>/history.jsonl` (local or URI)."""
+    """Adds one epoch's metrics to `<run dir>/history.jsonl` (local or URI), replacing any record of that
+    epoch or a later one (what a rerun of those epochs supersedes). The file is rewritten whole and
+    atomically, so an exception or a kill mid-write leaves the previous version, never an empty file."""
+    kept = [r for r in read_history(directory) if r["epoch"] < record["epoch"]]
+    _write_history(directory, [*kept, record])
+
+
+def reconcile_history(directory: str, *, through_epoch: int) -> int:
+    """Keeps one record per epoch up to `through_epoch`, the epoch of the checkpoint a run resumes from
+    (0 for a run that starts over): epochs of an abandoned attempt that no kept checkpoint covers, and
+    duplicates left by a crash between the record and its checkpoint, go. Returns the records dropped."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(directory)
+    target = posixpath.join(path, HISTORY_FILE)
+    if not fs.exists(target):
+        return 0
+    lines = [line for line in fs.cat_file(target).decode().splitlines() if line.strip()]
+    kept = [r for r in read_history(directory) if r["epoch"] <= through_epoch]
+    if len(kept) != len(lines):
+        _write_history(directory, kept)
+    return len(lines) - len(kept)
+
+
+def _write_history(directory: str, records: list[dict[str, Any]]) -> None:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(directory)
     fs.makedirs(path, exist_ok=True)
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
     target = posixpath.join(path, HISTORY_FILE)
-    previous = fs.cat_file(target).decode() if fs.exists(target) else ""
-    with fs.open(target, "w") as f:  # rewrite: object stores have no append
-        f.write(previous + json.dumps(record, sort_keys=True) + "\n")
+    if is_uri(directory):
+        fs.pipe_file(target, data)  # one object PUT: readers see the old or the new object, never a part
+        return
+    tmp = f"{target}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
 
 
 def read_history(directory: str) -> list[dict[str, Any]]:
-    """The per-epoch metrics of a run; the last record of an epoch wins (a rerun after a resume)."""
+    """The per-epoch metrics of a run, one record per epoch; the last record of an epoch wins."""
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(directory)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,10 @@ from pipeline.tasks import TASKS
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
 Precision = Literal["bf16", "fp16", "fp32"]
+
+
+MAX_IMAGE_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS, which data_prep enforces (checked in tests)
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def _check_literal(section: str, name: str, value: Any, options: tuple) -> None:
@@ -132,6 +138,8 @@ class DataConfig:
         num_classes: classes the recipe expects (checked against the manifest before launch);
             None takes whatever the shards hold.
         num_cpus_per_read: CPUs Ray Data reserves for each read / decode task.
+        max_pixels: an image with more pixels is skipped and counted, not decoded (a decompression bomb
+            in a shard would take a read task's memory); the default is data_prep's limit, Pillow's.
     """
 
     path: str = ""
@@ -145,9 +153,11 @@ class DataConfig:
     strict: bool = False
     num_classes: int | None = None
     num_cpus_per_read: float = 1.0
+    max_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         _check_positive("data", "crop_size", self.crop_size)
+        _check_positive("data", "max_pixels", self.max_pixels)
         _check_positive("data", "batch_size", self.batch_size)
         _check_positive("data", "shuffle_buffer", self.shuffle_buffer, allow_zero=True)
         _check_positive("data", "num_cpus_per_read", self.num_cpus_per_read)
@@ -231,6 +241,9 @@ class DeepSpeedConfig:
             raise ValueError("deepspeed.offload_optimizer=True needs deepspeed.zero_stage in [1, 2, 3]")
 
 
+ResumePolicy = Literal["auto", "never", "must", "allow_changes"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Where and how a run executes.
@@ -247,6 +260,10 @@ class RunConfig:
         checkpoint_every: save a checkpoint every this many epochs (the last epoch always).
         max_failures: worker-group restarts from the latest checkpoint before giving up.
         log_every: print a training line every this many steps (0: per epoch only).
+        resume: what a rerun with this name and storage does. "auto": continue the run when its saved
+            config differs only in fields that extend it (optim.epochs) or move it (workers, CPUs,
+            retries, logging), refuse otherwise, listing the fields; "never": refuse if the run exists;
+            "must": refuse if there is nothing to resume; "allow_changes": continue with the new values.
     """
 
     name: str = "run"
@@ -259,10 +276,15 @@ class RunConfig:
     checkpoint_every: int = 1
     max_failures: int = 3
     log_every: int = 50
+    resume: ResumePolicy = "auto"
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"run.name={self.name!r} must be a non-empty name without '/'")
+        _check_literals(self, "run")
+        if not RUN_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"run.name={self.name!r} must be a folder name: letters, digits, '_', '-' and '.', "
+                "starting with a letter or digit (it names the run's folder inside run.storage)"
+            )
         _check_positive("run", "num_workers", self.num_workers)
         _check_positive("run", "cpus_per_worker", self.cpus_per_worker, allow_zero=True)
         _check_positive("run", "checkpoint_every", self.checkpoint_every)
@@ -525,6 +547,8 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             raise ValueError(f"{path}={value!r} must be {'an integer' if hint is int else 'a number'}") from None
         if hint is int and isinstance(value, float) and value != number:
             raise ValueError(f"{path}={value!r} must be an integer")
+        if hint is float and not math.isfinite(number):  # float("nan") and float("inf") parse
+            raise ValueError(f"{path}={value!r} must be a finite number")
         return number
     if origin is tuple:
         items = _parse_json(value, path) if isinstance(value, str) else value

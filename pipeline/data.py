@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource, FileShuffleConfig
 
-from pipeline.config import DataConfig
+from pipeline.config import MAX_IMAGE_PIXELS, DataConfig
 from pipeline.tasks import Task
 
 
@@ -94,21 +94,28 @@ class ShardDatasource(FileBasedDatasource):
 
 # ---------------------------------------------------------------- transforms (pure)
 
-def _decode(jpg: bytes) -> Any:
-    """(3, H, W) uint8 RGB tensor; raises on truncated or undecodable data.
+class ImageTooLarge(ValueError):
+    """An image over `data.max_pixels`: skipped before it is decoded."""
+
+
+def _decode(jpg: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+    """(3, H, W) uint8 RGB tensor; raises on truncated or undecodable data, and on an image over
+    `max_pixels` (read from its header, before any pixel is decoded).
 
     JPEGs go through libjpeg-turbo (torchvision), which refuses a truncated file as Pillow does;
     anything else (a PNG behind .jpg) through Pillow.
     """
     import torch
+    from PIL import Image
 
+    width, height = Image.open(io.BytesIO(jpg)).size  # the header only
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image too large: {width} x {height} pixels, over data.max_pixels={max_pixels}")
     if jpg[:2] == b"\xff\xd8":
         from torchvision.io import ImageReadMode, decode_jpeg
 
         # bytearray: torch wants a writable buffer; the copy costs ~1% of a decode.
         return decode_jpeg(torch.frombuffer(bytearray(jpg), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    from PIL import Image
-
     image = Image.open(io.BytesIO(jpg))
     image.load()  # raises on truncated data: never decode a half image silently
     return _pil_to_tensor(image)
@@ -179,6 +186,7 @@ def decode_batch(
     task: Task,
     hflip: bool = True,
     seed: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> dict[str, np.ndarray]:
     """Decodes and augments a batch of shard rows and decodes their targets; never raises on bad samples.
 
@@ -190,6 +198,7 @@ def decode_batch(
         task: decodes the target columns (`Task.targets`: label for classification, scores for quality).
         hflip: random horizontal flip in training.
         seed: fixes the augmentation (tests); None draws fresh randomness.
+        max_pixels: larger images are skipped unread (`data.max_pixels`).
 
     Returns:
         pixels uint8 (B, 3, crop, crop), the task's target columns, key (B,), valid bool (B,),
@@ -206,11 +215,13 @@ def decode_batch(
             errors[i] = errors[i] or target_errors[i]
             continue
         try:
-            image = _decode(batch["jpg"][i])
+            image = _decode(batch["jpg"][i], max_pixels)
             pixels[i] = transform_image(
                 image, resize_size=resize_size, crop_size=crop_size, train=train, hflip=hflip, rng=rng
             )
             valid[i] = True
+        except ImageTooLarge as err:
+            errors[i] = str(err)
         except Exception as err:  # noqa: BLE001 - any undecodable image is skipped and counted
             errors[i] = f"undecodable image: {type(err).__name__}: {err}"
     return {
@@ -244,7 +255,10 @@ def build_dataset(cfg: DataConfig, urls: list[str], *, train: bool, seed: int, t
     ds.context.print_on_execution_start = False
     return ds.map_batches(
         decode_batch,
-        fn_kwargs=dict(resize_size=cfg.resize_size, crop_size=cfg.crop_size, train=train, task=task, hflip=cfg.hflip),
+        fn_kwargs=dict(
+            resize_size=cfg.resize_size, crop_size=cfg.crop_size, train=train, task=task, hflip=cfg.hflip,
+            max_pixels=cfg.max_pixels,
+        ),
         batch_size=16,
         batch_format="numpy",
         num_cpus=cfg.num_cpus_per_read,

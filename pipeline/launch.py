@@ -16,7 +16,8 @@ from typing import Any
 from pipeline.checkpoint import SAVE_DELAY_ENV, pop_stop, read_history
 from pipeline.config import JobConfig, to_dict
 from pipeline.data import build_dataset, exact_eval_data_config
-from pipeline.runs import Run, plan
+from pipeline.layout import join
+from pipeline.runs import Run, plan, write_run_config
 from pipeline.train import train_loop_per_worker
 
 
@@ -138,6 +139,7 @@ def run(run: Run, *, callbacks: list | None = None, verbose: bool = False, conso
         RuntimeError: the loop stopped the run (a non-finite loss, strict data); the message says why.
     """
     pop_stop(run.directory)  # a stale record of an earlier, interrupted run
+    write_run_config(run)
     with console_lines(console) as queue:
         result = build_trainer(run, callbacks=callbacks, verbose=verbose, console=queue).fit()
     error = pop_stop(run.directory)
@@ -191,5 +193,13 @@ def launch(cfg: JobConfig, *, manifest: dict[str, Any] | None = None, verbose: b
     resources = ray.cluster_resources()
     planned = plan(cfg, resources=resources, manifest=manifest)
     print(planned.describe(), flush=True)
+    if planned.finished:
+        checkpoint = planned.resumes_from["checkpoint"]
+        print(
+            f"run {cfg.run.name!r} is finished: {checkpoint} holds all {cfg.optim.epochs} epochs, nothing to train. "
+            f"Train it longer with --set optim.epochs=N (it continues), or start another run with --name {cfg.run.name}-2",
+            flush=True,
+        )
+        return RunResult(planned, read_history(planned.directory), None, join(planned.directory, checkpoint))
     with autoscaler_request(planned, resources):
         return run(planned, verbose=verbose, console=not verbose)

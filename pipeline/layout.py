@@ -7,6 +7,7 @@ A training run (`pipeline.runs`) lives at `<storage>/<name>/`:
         model.pt                consolidated weights + config, loadable without DeepSpeed
         meta.json               epoch, step, best, world size, ZeRO stage
     checkpoint_manager_snapshot.json   Ray Train's record of the complete checkpoints
+    job.json                    the training config the run was last launched with (a rerun compares)
     history.jsonl               one line of metrics per epoch
     tensorboard/                TensorBoard event files
     resizer_grid.png            the resizer grid of the best checkpoint (learned resizers)
@@ -31,6 +32,7 @@ DEEPSPEED_TAG = "ds"
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
 HISTORY_FILE = "history.jsonl"
+RUN_CONFIG_FILE = "job.json"
 STOP_FILE = "stopped.txt"
 TENSORBOARD_DIR = "tensorboard"
 GRID_FILE = "resizer_grid.png"

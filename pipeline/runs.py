@@ -13,12 +13,15 @@ Reports read runs back through `read_history` and the names of `pipeline.layout`
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.checkpoint import latest_checkpoint_meta, read_history
-from pipeline.config import JobConfig
-from pipeline.layout import absolute_storage, run_dir
+from pipeline.config import JobConfig, to_dict
+from pipeline.layout import RUN_CONFIG_FILE, absolute_storage, is_uri, run_dir
 from pipeline.manifest import read_manifest, shard_urls, split_size
 from pipeline.tasks import Task, get_task, task_for_target
 from pipeline.train import steps_per_epoch
@@ -42,6 +45,8 @@ class Run:
         num_eval_samples: samples in the evaluation split.
         use_gpu: one GPU per worker, else CPUs.
         resumes_from: `meta.json` of the checkpoint a rerun continues from (None: a new run).
+        changes: fields whose values differ from the saved config of the run it resumes, as
+            {field: (saved, new)}: fields that only extend or move a run, or any with run.resume=allow_changes.
     """
 
     cfg: JobConfig
@@ -55,6 +60,12 @@ class Run:
     num_eval_samples: int
     use_gpu: bool
     resumes_from: dict[str, Any] | None
+    changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the checkpoint it resumes from already holds every epoch of `cfg.optim.epochs`."""
+        return self.resumes_from is not None and int(self.resumes_from.get("epoch", 0)) >= self.cfg.optim.epochs
 
     @property
     def class_names(self) -> list[str] | None:
@@ -64,12 +75,17 @@ class Run:
         """The one line a job prints before it trains."""
         cfg = self.cfg
         device = "GPU" if self.use_gpu else "CPU"
-        return (
+        line = (
             f"run {cfg.run.name!r}: {self.num_train_samples} train / {self.num_eval_samples} eval samples "
             f"({len(self.train_urls)}+{len(self.eval_urls)} shards), {self.num_outputs} outputs, "
             f"{cfg.run.num_workers} {device} workers x batch {cfg.data.batch_size} x accum {cfg.optim.grad_accum}, "
             f"ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}, {cfg.optim.epochs} epochs -> {self.directory}"
         )
+        if self.resumes_from is not None:
+            line += f"\n  continues from {self.resumes_from['checkpoint']} (epoch {self.resumes_from.get('epoch')})"
+        if self.changes:
+            line += "; changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self.changes.items())
+        return line
 
 
 def with_absolute_storage(cfg: JobConfig) -> JobConfig:
@@ -103,6 +119,7 @@ def plan(cfg: JobConfig, *, resources: dict[str, float], manifest: dict[str, Any
     check_model_input(cfg, num_outputs)
     directory = run_dir(cfg.run.storage, cfg.run.name)
     previous = latest_checkpoint_meta(directory)
+    changes = _check_resume(cfg, directory, previous)
     if previous is not None and previous.get("world_size") not in (None, cfg.run.num_workers):
         raise ValueError(
             f"run {cfg.run.name!r} resumes from {previous['checkpoint']}, written by {previous['world_size']} "
@@ -121,7 +138,84 @@ def plan(cfg: JobConfig, *, resources: dict[str, float], manifest: dict[str, Any
         num_eval_samples=split_size(manifest, cfg.data.eval_split),
         use_gpu=_check_resources(cfg, resources),
         resumes_from=previous,
+        changes=changes,
     )
+
+
+# Fields a rerun may change and still continue the same run: they extend it (more epochs; the cosine
+# schedule then stretches over the new total) or change where and how it runs, not what it trains.
+RESUME_MAY_CHANGE = frozenset({
+    "optim.epochs",
+    "run.num_workers", "run.cpus_per_worker", "run.use_gpu", "run.autoscale", "run.max_failures",
+    "run.checkpoint_every", "run.log_every", "run.resume", "run.storage",
+    "data.num_cpus_per_read", "data.strict", "data.max_pixels",
+})
+
+
+def config_changes(saved: dict[str, Any], cfg: JobConfig) -> dict[str, tuple[Any, Any]]:
+    """{"section.field": (saved value, new value)} for every field that differs, but the ones in
+    `RESUME_MAY_CHANGE`; local data paths compare as absolute paths."""
+    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    for flat in (old, new):
+        if isinstance(flat.get("data.path"), str) and flat["data.path"] and not is_uri(flat["data.path"]):
+            flat["data.path"] = os.path.abspath(flat["data.path"])
+    return {
+        key: (old.get(key), new.get(key))
+        for key in sorted(set(old) | set(new))
+        if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key)
+    }
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("backbone_kwargs",):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_resume(cfg: JobConfig, directory: str, previous: dict[str, Any] | None) -> dict[str, tuple[Any, Any]]:
+    """Applies `run.resume` to a rerun; returns the changed fields it continues with."""
+    name, policy = cfg.run.name, cfg.run.resume
+    if policy == "never" and previous is not None:
+        raise ValueError(
+            f"run {name!r} already exists at {directory} (latest checkpoint {previous['checkpoint']}) and "
+            f"run.resume=never; pass another --name, e.g. --name {name}-2"
+        )
+    if policy == "must" and previous is None:
+        raise ValueError(f"run.resume=must but {directory} holds no checkpoint to resume; check --name and --storage")
+    saved = read_run_config(directory) if previous is not None else None
+    if saved is None:  # a new run, or one written before job.json existed
+        return {}
+    changes = config_changes(saved, cfg)
+    if changes and policy != "allow_changes":
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        raise ValueError(
+            f"run {name!r} at {directory} was trained with other values ({listed}); resuming would continue its "
+            f"weights, optimizer and schedule under the new ones. Start a new run with --name {name}-2, or "
+            "continue this one with the new values: --set run.resume=allow_changes"
+        )
+    return changes
+
+
+def read_run_config(directory: str) -> dict[str, Any] | None:
+    """The training config a run was last launched with (`job.json`), as plain data; None if absent."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(directory)
+    target = posixpath.join(path, RUN_CONFIG_FILE)
+    return json.loads(fs.cat_file(target)) if fs.exists(target) else None
+
+
+def write_run_config(run: Run) -> None:
+    """Saves the config a run is launched with (`job.json`), which the next rerun compares against."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(run.directory)
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(posixpath.join(path, RUN_CONFIG_FILE), (json.dumps(to_dict(run.cfg), indent=1, sort_keys=True) + "\n").encode())
 
 
 def _check_target(cfg: JobConfig, task: Task, manifest: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ import torch
 from pipeline.checkpoint import (
     LocalMirror,
     append_history,
+    reconcile_history,
     load_checkpoint,
     save_checkpoint,
     saved_world_size,
@@ -275,6 +276,8 @@ def resume(engine: Any, worker: Worker) -> TrainState:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
+        if worker.is_main:
+            reconcile_history(worker.directory, through_epoch=0)  # an attempt that never checkpointed
         return TrainState()
     with checkpoint.as_directory() as ckpt_dir:
         saved = saved_world_size(ckpt_dir)
@@ -286,6 +289,8 @@ def resume(engine: Any, worker: Worker) -> TrainState:
             )
         saved_state = load_checkpoint(engine, ckpt_dir)
     state = TrainState(epoch=saved_state["epoch"], step=saved_state["step"], best=saved_state.get("best", -math.inf))
+    if worker.is_main:
+        reconcile_history(worker.directory, through_epoch=state.epoch)
     worker.say(f"resumed from epoch {state.epoch} (step {state.step})")
     return state
 

@@ -15,6 +15,8 @@ from data_prep.shards import ShardOptions
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+# Train's controller polls every 2 s by default: ~5 s at the end of every run and trial (see jobs/_common.init_ray).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 @pytest.fixture(scope="module")

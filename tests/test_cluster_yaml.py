@@ -140,7 +140,8 @@ def test_node_resources_match_hardware(name: str) -> None:
         assert machine in MACHINES, f"{name}: {type_name} uses {machine}; add it to MACHINES"
         num_cpus, num_gpus = MACHINES[machine]
         resources = node_type["resources"]
-        assert 0 < resources.get("CPU", 0) <= num_cpus, f"{name}: {type_name} CPU vs {machine}"
+        low = 0 if type_name == load(name)["head_node_type"] else 1  # the head runs no CPU task
+        assert low <= resources.get("CPU", 0) <= num_cpus, f"{name}: {type_name} CPU vs {machine}"
         assert resources.get("GPU", 0) == num_gpus, f"{name}: {type_name} GPU vs {machine}"
         if num_gpus:
             # The comment next to the machine type states the GPU count; keep the two in step.
@@ -170,6 +171,8 @@ def test_cluster_fits_what_the_jobs_ask_for(name: str) -> None:
     head = node_types[config["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0
     assert head["resources"].get("head") == 1, "the head is marked with the custom `head` resource"
+    # the head's cloud role can start instances: no data task, trial or Train worker is scheduled there
+    assert head["resources"].get("CPU") == 0, f"{name}: CPU tasks would run with the head's compute rights"
     assert sum(t.get("min_workers", 0) for t in node_types.values()) <= config["max_workers"]
 
 
@@ -205,3 +208,13 @@ def test_dashboard_stays_on_localhost(name: str) -> None:
     head_start = " ".join(load(name)["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
 
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_token_authentication_is_on_for_every_node(name: str) -> None:
+    """Without it anyone who reaches the head's ports submits jobs (runs code) on the cluster."""
+    config = load(name)
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all(re.search(r"RAY_AUTH_MODE=token;?\s+ray start", c) for c in starts), (name, key)

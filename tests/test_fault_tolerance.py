@@ -22,6 +22,7 @@ from pipeline.config import DataConfig, DeepSpeedConfig, JobConfig, ModelConfig,
 from pipeline.launch import launch
 from pipeline.manifest import DataError
 from pipeline.runs import plan as plan_run
+from pipeline.runs import write_run_config
 from pipeline.train import steps_per_epoch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,6 +169,10 @@ def test_killed_driver_resumes_from_the_last_complete_checkpoint_and_a_longer_re
     assert [(r["epoch"], r["step"]) for r in history] == [(e, e * per_epoch) for e in (1, 2, 3, 4)]
     assert "resizer grid:" in longer and (run_dir / "resizer_grid.png").is_file()
 
+    again = _rerun([*args, "--set", "optim.epochs=4"])  # the same command once more: it says so, trains nothing
+    assert "is finished: checkpoint_epoch_0004 holds all 4 epochs, nothing to train" in again
+    assert "epoch 4/4" not in again and read_history(str(run_dir)) == history
+
 
 # ---------------------------------------------------------------- 5. bad data
 
@@ -242,3 +247,52 @@ def test_bad_configuration_fails_before_asking_for_resources(tiny_shards, shards
     with pytest.raises(ValueError, match=r"written by 2 workers .* Rerun with --num-workers 2"):
         plan(tiny_job(tiny_shards["path"], storage, run={"num_workers": 1}))
     shutil.rmtree(run_dir)
+
+
+# ---------------------------------------------------------------- 8. a rerun with the same name
+
+def _checkpointed(run, epoch: int) -> None:
+    """What a run leaves after saving `epoch`: its job.json, the checkpoint's meta.json and Ray's snapshot."""
+    write_run_config(run)
+    name = f"checkpoint_epoch_{epoch:04d}"
+    (Path(run.directory) / name).mkdir(parents=True, exist_ok=True)
+    (Path(run.directory) / name / "meta.json").write_text(json.dumps({"world_size": 2, "zero_stage": 2, "epoch": epoch, "step": 8 * epoch}))
+    (Path(run.directory) / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": name}})
+    )
+
+
+def test_a_rerun_continues_only_the_same_run_and_says_when_it_is_finished(tiny_shards, shards_copy, tmp_path):
+    """The same --name and --storage resume; a config that changes what is trained refuses with the
+    fields and both fixes; extending (epochs) or moving (workers, retries) continues; run.resume decides."""
+    cluster = {"CPU": 8.0}
+    storage = str(tmp_path)
+
+    def plan(**changes):
+        return plan_run(tiny_job(tiny_shards["path"], storage, **changes), resources=cluster)
+
+    first = plan()
+    assert first.resumes_from is None and not first.finished
+    _checkpointed(first, epoch=2)
+
+    same = plan()
+    assert same.resumes_from["epoch"] == 2 and same.changes == {} and not same.finished
+    assert "continues from checkpoint_epoch_0002 (epoch 2)" in same.describe()
+    assert plan(optim={"epochs": 5}, run={"max_failures": 7, "log_every": 5}).changes == {}
+
+    with pytest.raises(ValueError) as refused:
+        plan(optim={"lr": 0.01})
+    message = str(refused.value)
+    assert "optim.lr: 0.001 -> 0.01" in message and "--name fault-2" in message and "run.resume=allow_changes" in message
+    with pytest.raises(ValueError, match=r"data.path: '.*' -> '.*'; resizer.kind: 'learned' -> 'bilinear'"):
+        plan_run(tiny_job(shards_copy, storage, resizer={"kind": "bilinear"}), resources=cluster)
+    allowed = plan(optim={"lr": 0.01}, run={"resume": "allow_changes"})
+    assert allowed.changes == {"optim.lr": (0.001, 0.01)} and "changed: optim.lr 0.001 -> 0.01" in allowed.describe()
+
+    with pytest.raises(ValueError, match=r"run 'fault' already exists .* run.resume=never; pass another --name, e.g. --name fault-2"):
+        plan(run={"resume": "never"})
+    with pytest.raises(ValueError, match=r"run.resume=must but .*other.* holds no checkpoint to resume"):
+        plan(run={"resume": "must", "name": "other"})
+
+    finished = plan(optim={"epochs": 2})
+    assert finished.finished and finished.changes == {}

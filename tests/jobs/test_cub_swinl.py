@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.jobs.conftest import run_job_script
+from tests.jobs.conftest import run_job_main, run_job_script
 
 
 def run_job(*args: str, timeout: int = 600):
@@ -27,6 +27,25 @@ def test_print_config_shows_the_reference_recipe():
 def test_a_typo_in_an_override_fails_before_anything_runs():
     result = run_job("--print-config", "--set", "optim.learning_rate=1e-5")
     assert result.returncode != 0 and "unknown config field 'optim.learning_rate'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "optim.lr=abc"], "optim.lr='abc' must be a number"),
+        (["--set", "optim.lr=nan"], "optim.lr='nan' must be a finite number"),
+        (["--set", "optim.warmup_epochs=inf"], "optim.warmup_epochs='inf' must be a finite number"),
+        (["--set", "data.num_cpus_per_read=-inf"], "data.num_cpus_per_read='-inf' must be a finite number"),
+        (["--num-workers", "0"], "run.num_workers=0 must be > 0"),
+        (["--name", "../../elsewhere"], "run.name='../../elsewhere' must be a folder name"),
+        (["--name", ".hidden"], "run.name='.hidden' must be a folder name"),
+        (["--set", "optim.learning_rate=1e-5"], "unknown config field 'optim.learning_rate'"),
+    ],
+)
+def test_a_bad_value_is_one_error_line_and_exit_code_2(args, message):
+    code, out, err = run_job_main("cub_swinl.py", "--print-config", *args)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.slow

@@ -85,6 +85,20 @@ def test_decode_batch_flags_bad_images_and_keeps_going():
     assert out["error"][3] == "truncated tar" and out["label"].tolist() == [3, 1, 2, -1]
 
 
+def test_an_image_over_the_pixel_limit_is_skipped_before_it_is_decoded():
+    from PIL import Image as PILImage
+
+    from pipeline.config import MAX_IMAGE_PIXELS
+
+    assert MAX_IMAGE_PIXELS == PILImage.MAX_IMAGE_PIXELS  # the limit data_prep enforces
+    batch = _rows([{"key": "big", "jpg": _jpeg(), "label": 0, "meta": "{}", "error": ""}])
+    width, height = PILImage.open(io.BytesIO(batch["jpg"][0])).size
+    out = decode_batch(batch, resize_size=None, crop_size=32, train=False, task=CLASSIFICATION, max_pixels=width * height - 1)
+    assert out["valid"].tolist() == [False]
+    assert out["error"][0] == f"image too large: {width} x {height} pixels, over data.max_pixels={width * height - 1}"
+    assert decode_batch(batch, resize_size=None, crop_size=32, train=False, task=CLASSIFICATION)["valid"].tolist() == [True]
+
+
 def test_score_distribution_from_ava_votes():
     meta = json.dumps({"votes": [0, 0, 0, 1, 2, 3, 2, 1, 1, 0]})
     dist = score_distribution(meta)

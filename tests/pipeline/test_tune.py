@@ -3,7 +3,7 @@ import json
 import pytest
 
 from pipeline.config import CompareJobConfig, DataConfig, JobConfig, RunConfig, SearchConfig, SearchJobConfig, apply_overrides
-from pipeline.report import load_trials, summarize, write_report
+from pipeline.report import write_report
 from pipeline.tune import SEARCHED, max_concurrent_trials, paired_points, search_space, trial_config
 
 
