@@ -1,4 +1,4 @@
-"""Command line: ``python -m data_prep {cub,imagenet,ava,demo,verify} ...``; ``--help`` on each."""
+"""Command line: ``python -m data_prep {cub,imagenet,ava,folder,csv,demo,verify} ...``; ``--help`` on each."""
 
 from __future__ import annotations
 
@@ -78,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--test-ids", default=None, help="file of test image ids, one per line (instead of --test-fraction)")
     _add_shard_options(ava)
 
+    folder = commands.add_parser(
+        "folder", help="shard your own images, one folder per class",
+        description="Shard DIR/train/<class>/ with DIR/val/<class>/ (or test/), or DIR/<class>/ split by --val-fraction.",
+    )
+    folder.add_argument("--src", required=True, help="DIR: train/ and val/ (or test/) of class folders, or class folders")
+    folder.add_argument(
+        "--val-fraction", type=float, default=None,
+        help="DIR/<class>/ trees: share of each class held out as val (seeded by --seed); default 0.2",
+    )
+    _add_shard_options(folder)
+
+    table = commands.add_parser(
+        "csv", help="shard images listed in a CSV table (path and class columns)",
+        description="Shard the images a CSV lists: a header, an image path column (relative to --root) and a class "
+        "column, and a split column or --val-fraction.",
+    )
+    table.add_argument("--src", required=True, help="the CSV file")
+    table.add_argument("--root", required=True, help="the folder the image paths are relative to")
+    table.add_argument("--image-column", default="image", help="column of image paths; default image")
+    table.add_argument("--class-column", default="label", help="column of class names; default label")
+    table.add_argument("--split-column", default="split", help="column of train/val/test, if the table has one; default split")
+    table.add_argument("--val-fraction", type=float, default=None, help="without a split column: share of each class held out as val; default 0.2")
+    _add_shard_options(table)
+
     demo = commands.add_parser(
         "demo", help="generate the demo dataset (CUB, ImageNet or AVA layout)",
         description="Generate the demo texture dataset as OUT/CUB_200_2011 (shard it with `cub`), "
@@ -141,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
 
             splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
             shard_imagenet(args.src, args.out, options, splits, args.val_labels)
+        elif args.command == "folder":
+            from data_prep.folder import shard_folder
+
+            shard_folder(args.src, args.out, options, args.val_fraction)
+        elif args.command == "csv":
+            from data_prep.table import shard_table
+
+            shard_table(
+                args.src, args.root, args.out, options, image_column=args.image_column, class_column=args.class_column,
+                split_column=args.split_column, val_fraction=args.val_fraction,
+            )
         elif args.command == "ava":
             from data_prep.ava import shard_ava
 

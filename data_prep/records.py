@@ -8,7 +8,9 @@ image with no votes). Structural problems in the metadata raise `DataPrepError` 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -147,6 +149,13 @@ def confined(root: Path, relative: str, path: Path, line_number: int) -> Path:
     if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
         raise error_at(path, line_number, f"path {relative!r} leaves {root}", "paths must be relative and stay inside it")
     return root / normal
+
+
+def path_key(source: str) -> str:
+    """A webdataset key for a file path: its letters and digits (the last 80), then 8 hex digits of its SHA-1,
+    so keys stay unique, dot-free and readable for files of the same name in different folders."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", source).strip("_")[-80:]
+    return f"{stem}_{hashlib.sha1(source.encode()).hexdigest()[:8]}"
 
 
 def parse_int(path: Path, line_number: int, text: str, what: str) -> int:

@@ -53,12 +53,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir wins
 
-from jobs import ava_nima, cub_swinl, imagenet_resnet50  # noqa: E402
+from jobs import ava_nima, cub_swinl, finetune, imagenet_resnet50  # noqa: E402
 from jobs._common import cli, init_ray, job_parser, resolve_config, show_config  # noqa: E402
 from pipeline.config import CompareConfig, CompareJobConfig, JobConfig, RunConfig  # noqa: E402
 
-RECIPES = ("cub", "imagenet", "ava")
-OTHER_RECIPES = {"imagenet": imagenet_resnet50, "ava": ava_nima}  # job modules with config(backbone), demo_config, demo_data
+RECIPES = ("cub", "imagenet", "ava", "finetune")
+# job modules with config(backbone), demo_config, demo_data; finetune reads its task from the shards
+OTHER_RECIPES = {"imagenet": imagenet_resnet50, "ava": ava_nima, "finetune": finetune}
 ARMS = CompareConfig(learned=((16, 1),), fixed_arms=("bilinear", "bicubic", "area"), seeds=(0, 1, 2))
 
 
@@ -67,7 +68,7 @@ def _comparison(cfg: JobConfig, run: RunConfig) -> CompareJobConfig:
     return CompareJobConfig.extend(cfg, run=run, compare=ARMS)
 
 
-def config(recipe: str = "cub", backbone: str | None = None) -> CompareJobConfig:
+def config(recipe: str = "cub", backbone: str | None = None, data_path: str | None = None) -> CompareJobConfig:
     """A recipe's job, learned vs bilinear, bicubic, area, 3 seeds.
 
     cub: the reference recipe at 1xb8 (one GPU per trial). imagenet and ava: the 2x recipes of
@@ -79,7 +80,10 @@ def config(recipe: str = "cub", backbone: str | None = None) -> CompareJobConfig
         run = dataclasses.replace(cfg.run, name="compare_resizers", num_workers=1, checkpoint_every=10)
     else:
         module = OTHER_RECIPES[recipe]
-        cfg = module.config(backbone) if backbone else module.config()
+        if recipe == "finetune":
+            cfg = module.config(backbone or "resnet50", data_path=data_path)
+        else:
+            cfg = module.config(backbone) if backbone else module.config()
         run = dataclasses.replace(cfg.run, name=f"compare_resizers_{recipe}", checkpoint_every=5)
     return _comparison(cfg, run)
 
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-res", action="store_true", help="add the backbone at the crop's full resolution, behind no resize (an upper reference)")
     parser.add_argument(
         "--recipe", choices=RECIPES, default="cub",
-        help="cub (default: Swin-L, top-1), imagenet (ResNet-50 2x, top-1) or ava (NIMA 2x, SRCC)",
+        help="cub (default: Swin-L, top-1), imagenet (ResNet-50 2x, top-1), ava (NIMA 2x, SRCC) or finetune "
+        "(any --backbone on your shards, jobs/finetune.py)",
     )
     parser.add_argument("--backbone", help="imagenet and ava recipes: the backbone (as in their jobs)")
     args = parser.parse_args(argv)
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo:
         cfg = demo_config(args.data or demo_data(args.recipe), args.recipe)
     else:
-        cfg = config(args.recipe, args.backbone)  # an unknown --backbone: `error: ...`, exit code 2 (cli)
+        cfg = config(args.recipe, args.backbone, args.data)  # an unknown --backbone: `error: ...`, exit code 2 (cli)
     cfg = resolve_config(cfg, args)
     if args.full_res:
         cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare, full_res=True))

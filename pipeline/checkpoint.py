@@ -6,7 +6,8 @@ A checkpoint directory (one per saved epoch, kept by Ray Train under `<storage>/
     ds/                      DeepSpeed engine state: every rank writes its own ZeRO shard
     latest                   DeepSpeed's pointer to `ds`
     model.pt                 rank 0: {"config", "num_outputs", "class_names", "epoch", "step", "state_dict"}
-                             full-precision weights of resizer + backbone, loadable without DeepSpeed
+                             fp32 master weights of resizer + backbone, loadable without DeepSpeed
+    model.safetensors        the same weights, tensors only; `model.json` beside it holds the rest
     meta.json                epoch, step, best, world size, ZeRO stage (read without DeepSpeed)
 
 Run files beside the checkpoints: `tensorboard/`, `history.jsonl` (one line of metrics per epoch),
@@ -47,13 +48,36 @@ def save_checkpoint(engine: Any, directory: str, *, client_state: dict[str, Any]
     engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state=client_state)
     # Fault-injection hook for tests/test_fault_tolerance.py: widens the window in which a kill lands mid-save.
     time.sleep(float(os.environ.get(SAVE_DELAY_ENV, "0")))
+    weights = master_weights(engine)  # collective
+    if engine.global_rank == 0:
+        from pipeline.trained import write_safetensors
+
+        meta = {**weights_meta, **client_state}
+        torch.save({**meta, "state_dict": weights}, os.path.join(directory, WEIGHTS_FILE))
+        write_safetensors(directory, weights, meta)
+
+
+def master_weights(engine: Any) -> dict[str, torch.Tensor]:
+    """The model's full state dict on rank 0 (empty elsewhere), parameters as DeepSpeed's fp32 master
+    copies: in a bf16 or fp16 run the module holds rounded weights, the optimizer the ones it updates.
+
+    Must be called on every rank: gathering a parameter is a collective under every ZeRO stage.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
     if engine.zero_optimization_stage() == 3:
-        state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective; buffers and names on rank 0
     else:
         state_dict = engine.module.state_dict()
-    if engine.global_rank == 0:
-        weights = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in state_dict.items()}
-        torch.save({**weights_meta, **client_state, "state_dict": weights}, os.path.join(directory, WEIGHTS_FILE))
+    masters = {}
+    for name, param in engine.module.named_parameters():  # the same order on every rank
+        full = safe_get_full_fp32_param(param)
+        if full is not None:
+            masters[name] = full
+    if engine.global_rank != 0:
+        return {}
+    state_dict = {**state_dict, **{k: v for k, v in masters.items() if k in state_dict}}
+    return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in state_dict.items()}
 
 
 def load_checkpoint(engine: Any, directory: str) -> dict[str, Any]:

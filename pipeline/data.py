@@ -183,7 +183,7 @@ def decode_batch(
     resize_size: int | None,
     crop_size: int,
     train: bool,
-    task: Task,
+    task: Task | None,
     hflip: bool = True,
     seed: int | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
@@ -195,7 +195,8 @@ def decode_batch(
         resize_size: see `transform_image`.
         crop_size: see `transform_image`.
         train: training (random) or evaluation (centre) transform.
-        task: decodes the target columns (`Task.targets`: label for classification, scores for quality).
+        task: decodes the target columns (`Task.targets`: label for classification, scores for quality);
+            None for images without targets (`pipeline.predict`).
         hflip: random horizontal flip in training.
         seed: fixes the augmentation (tests); None draws fresh randomness.
         max_pixels: larger images are skipped unread (`data.max_pixels`).
@@ -209,7 +210,7 @@ def decode_batch(
     pixels = np.zeros((num_rows, 3, crop_size, crop_size), np.uint8)
     valid = np.zeros(num_rows, bool)
     errors = np.asarray(batch["error"], dtype=object).copy()
-    targets, target_errors = task.targets(batch)
+    targets, target_errors = task.targets(batch) if task is not None else ({}, [""] * num_rows)
     for i in range(num_rows):
         if errors[i] or target_errors[i]:
             errors[i] = errors[i] or target_errors[i]

@@ -1,0 +1,141 @@
+"""A trained model, for using it: find a run's best checkpoint and load it without Ray or DeepSpeed.
+
+    from pipeline.trained import load_trained
+    trained = load_trained("outputs/cub_swinl")      # a run folder (its best checkpoint), a checkpoint
+    logits = trained.model(pixels)                    # folder, or a model.safetensors / model.pt file
+
+A checkpoint folder holds the weights twice, for two kinds of readers: `model.safetensors` (tensors only,
+with `model.json` beside it: the config, the head size, the class names) and `model.pt` (the same in one
+file for `torch.load(..., weights_only=True)`). Neither can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipeline.config import JobConfig, from_dict
+from pipeline.layout import RAY_CHECKPOINT_SNAPSHOT, WEIGHTS_FILE
+from pipeline.tasks import Task, get_task
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_META_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model loaded from a checkpoint, in eval mode, with what it was trained as.
+
+    Attributes:
+        model: resizer + backbone (`pipeline.model.ResizerModel`), taking uint8 (B, 3, crop, crop).
+        cfg: the training config saved with it (its data section gives the evaluation transform).
+        num_outputs: the head's size.
+        class_names: index → name, for classification runs.
+        checkpoint: the folder or file it was loaded from.
+        epoch: the epoch the checkpoint was saved at.
+    """
+
+    model: torch.nn.Module
+    cfg: JobConfig
+    num_outputs: int
+    class_names: list[str] | None
+    checkpoint: str
+    epoch: int | None
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.cfg.task)
+
+
+def best_checkpoint(run_directory: str) -> str:
+    """The checkpoint folder of a run with the best target metric among those Ray Train kept.
+
+    Raises:
+        FileNotFoundError: the folder holds no checkpoint of a finished epoch.
+    """
+    snapshot = os.path.join(run_directory, RAY_CHECKPOINT_SNAPSHOT)
+    if not os.path.isfile(snapshot):
+        raise FileNotFoundError(f"{run_directory}: no {RAY_CHECKPOINT_SNAPSHOT}; give a run folder that saved a checkpoint")
+    with open(snapshot) as f:
+        results = json.load(f).get("checkpoint_results", [])
+    if not results:
+        raise FileNotFoundError(f"{snapshot}: lists no checkpoint yet")
+    task = get_task(read_meta(os.path.join(run_directory, results[-1]["checkpoint_dir_name"]))["config"]["task"])
+    sign = 1.0 if task.mode == "max" else -1.0
+    best = max(results, key=lambda r: sign * float(r["metrics"].get(task.target_metric, -sign * float("inf"))))
+    return os.path.join(run_directory, best["checkpoint_dir_name"])
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint folder or weights file for `path`: a run folder gives its best checkpoint."""
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such run folder, checkpoint folder or weights file")
+    if os.path.isfile(os.path.join(path, WEIGHTS_FILE)) or os.path.isfile(os.path.join(path, SAFETENSORS_FILE)):
+        return path
+    return best_checkpoint(path)
+
+
+def read_weights(checkpoint: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, metadata: config, num_outputs, class_names, epoch, step) of a checkpoint folder or file;
+    `model.safetensors` + `model.json` when present, else `model.pt`."""
+    from pipeline.checkpoint import load_weights
+
+    folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    tensors = checkpoint if checkpoint.endswith(".safetensors") else os.path.join(folder, SAFETENSORS_FILE)
+    if os.path.isfile(tensors) and not checkpoint.endswith(".pt"):
+        from safetensors.torch import load_file
+
+        with open(os.path.join(os.path.dirname(tensors), SAFETENSORS_META_FILE)) as f:
+            return load_file(tensors), json.load(f)
+    saved = load_weights(checkpoint)
+    return saved.pop("state_dict"), saved
+
+
+def read_meta(checkpoint: str) -> dict[str, Any]:
+    """The metadata of a checkpoint folder (config, num_outputs, class_names, epoch, step): `model.json`,
+    or for checkpoints written before it existed, `model.pt`."""
+    meta_file = os.path.join(checkpoint, SAFETENSORS_META_FILE)
+    if os.path.isfile(meta_file):
+        with open(meta_file) as f:
+            return json.load(f)
+    return read_weights(checkpoint)[1]
+
+
+def write_safetensors(folder: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """`model.safetensors` (tensors only) and `model.json` (config, head size, class names, epoch) in `folder`."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, os.path.join(folder, SAFETENSORS_FILE))
+    with open(os.path.join(folder, SAFETENSORS_META_FILE), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+
+
+def load_trained(path: str, *, device: str | torch.device = "cpu") -> Trained:
+    """The model of a run folder (its best checkpoint), a checkpoint folder or a weights file, in eval mode.
+
+    The backbone is built from the saved config without downloading or reading its original weights:
+    every weight comes from the checkpoint.
+    """
+    from pipeline.model import build_model
+
+    checkpoint = resolve_checkpoint(path)
+    state_dict, meta = read_weights(checkpoint)
+    cfg = from_dict(JobConfig, meta["config"])
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, checkpoint_path=None)
+    model = build_model(model_cfg, cfg.resizer, int(meta["num_outputs"]))
+    model.load_state_dict(state_dict)
+    return Trained(
+        model=model.to(device).eval(),
+        cfg=cfg,
+        num_outputs=int(meta["num_outputs"]),
+        class_names=meta.get("class_names"),
+        checkpoint=checkpoint,
+        epoch=meta.get("epoch"),
+    )
