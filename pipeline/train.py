@@ -130,6 +130,12 @@ def setup_model_and_engine(
             min_factor=cfg.optim.min_lr_factor,
         ),
     )
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        # On CPUs DeepSpeed JIT-compiles a shared-memory all-reduce with g++ the first time a run starts on a
+        # machine (about 40 s on 2 cores, and it needs a compiler); Ray Train's gloo group does the collectives.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -239,6 +245,21 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
     return tensor.tolist()
+
+
+def average_buffers(engine: Any, world_size: int) -> None:
+    """Averages the floating-point buffers (batch norm running statistics) over the workers.
+
+    Each worker updates its own running statistics from its own batches, and DeepSpeed, unlike DDP, does
+    not broadcast them: without this, every worker would evaluate its share with different statistics
+    and the checkpoint (rank 0's) would not be the model whose metrics were logged.
+    """
+    if world_size == 1:
+        return
+    for buffer in engine.module.buffers():
+        if buffer.is_floating_point():
+            torch.distributed.all_reduce(buffer)
+            buffer.div_(world_size)
 
 
 def _gather(obj: Any, world_size: int) -> list[Any]:
@@ -518,6 +539,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     try:
         for epoch in range(state.epoch + 1, cfg.optim.epochs + 1):
             trained = train_one_epoch(engine, train_data, worker, state, epoch=epoch, num_steps=num_steps, writer=log.writer)
+            average_buffers(engine, worker.world_size)  # what is evaluated is what is saved
             evaluated = evaluate(engine, eval_data, worker)
             result = epoch_result(engine, worker, state, trained, evaluated, epoch=epoch)
             log.write(result)

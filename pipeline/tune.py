@@ -252,6 +252,12 @@ def _fit(
         what = "search" if isinstance(experiment.cfg, SearchJobConfig) else "comparison"
         print(f"resuming {what} {experiment.cfg.run.name!r} from {experiment.directory}", flush=True)
         tuner = tune.Tuner.restore(experiment.directory, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        restored_config = tuner._local_tuner._tune_config  # the TuneConfig pickled when the experiment started
+        restored = restore_rungs(
+            restored_config.scheduler, experiment.directory, metric=restored_config.metric, mode=restored_config.mode
+        )
+        if restored:
+            print(f"ASHA: {restored} earlier results back in its rungs", flush=True)
         return ExperimentResult(experiment.directory, tuner.fit())
     write_experiment(experiment.directory, experiment.cfg)
     tuner = tune.Tuner(
@@ -261,6 +267,35 @@ def _fit(
         run_config=tune.RunConfig(name=experiment.cfg.run.name, storage_path=experiment.cfg.run.storage),
     )
     return ExperimentResult(experiment.directory, tuner.fit())
+
+
+@dataclass(frozen=True)
+class _EarlierTrial:
+    trial_id: str
+
+
+def restore_rungs(scheduler: Any, directory: str, *, metric: str, mode: str) -> int:
+    """Puts the results of the trials already in `directory` back into a restored ASHA's rungs; returns how many.
+
+    Ray 2.60 saves the searcher with an experiment but not the scheduler's rungs, so after `Tuner.restore`
+    ASHA would compare the remaining trials only among themselves and stop fewer of them. Replaying every
+    recorded epoch through the bracket (`_Bracket.on_result`, what ASHA does with a live result) rebuilds
+    the cut-offs as they were. Uses ASHA's private state; checked by the Tune resume test.
+    """
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    from pipeline.report import load_trials
+
+    if not isinstance(scheduler, AsyncHyperBandScheduler):
+        return 0
+    sign = 1.0 if mode == "max" else -1.0  # ASHA keeps higher-is-better values, as its `_metric_op` does
+    bracket, count = scheduler._brackets[0], 0  # one bracket: ASHAScheduler's default
+    for trial in load_trials(directory):
+        for result in trial.results:
+            if metric in result and scheduler._time_attr in result:
+                bracket.on_result(_EarlierTrial(trial.trial_id), result[scheduler._time_attr], sign * result[metric])
+                count += 1
+    return count
 
 
 def _trial_names() -> dict[str, Any]:

@@ -1,15 +1,13 @@
-"""The AVA quality job as a user runs it: the demo layout through data_prep, a subprocess, its own local Ray."""
+"""The AVA quality job: its recipe and its demo on AVA-layout shards made by data_prep."""
 
 import json
-
-import pytest
 
 from data_prep.ava import shard_ava
 from data_prep.demo_layouts import generate_ava_demo
 from data_prep.shards import ShardOptions
-from pipeline.tasks import QualityTask
+from pipeline.runs import plan
 
-from tests.jobs.conftest import TINY_RESNET, check_reported, run_job_main, run_job_script
+from tests.jobs.conftest import run_job_main
 
 
 def test_print_config_is_nima_with_the_2x_resizer():
@@ -23,16 +21,13 @@ def test_print_config_is_nima_with_the_2x_resizer():
     assert cfg["model"]["backbone"] == "efficientnet_b0" and cfg["data"]["crop_size"] == 448
 
 
-@pytest.mark.slow
-def test_demo_trains_and_reports_every_quality_metric(tmp_path):
+def test_the_demo_plans_on_ava_layout_shards(tmp_path):
+    """The demo's config against real AVA-layout shards, as `launch` checks it before asking for workers.
+    It trains, with every quality metric checked, in tests/jobs/test_compare_resizers.py (--recipe ava)."""
+    from jobs import ava_nima
+
     src = generate_ava_demo(tmp_path / "raw", num_images=60, image_size=(64, 64), workers=1)
     shard_ava(src, str(tmp_path / "shards"), ShardOptions(shard_size=16, workers=1, verbose=False))
-    result = run_job_script(
-        "ava_nima.py", "--demo", "--data", str(tmp_path / "shards"), "--storage", str(tmp_path), "--name", "ava",
-        *TINY_RESNET,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    records = check_reported(tmp_path / "ava" / "history.jsonl", output, QualityTask.metric_names, epochs=2)
-    assert all(r["num_eval_samples"] == 12 for r in records)  # the whole 20% test split, once
-    assert all(0.0 <= r["emd"] <= 1.0 and -1.0 <= r["srcc"] <= 1.0 for r in records)
+    run = plan(ava_nima.demo_config(str(tmp_path / "shards")), resources={"CPU": 8.0})
+    assert run.task.name == "quality"
+    assert run.num_outputs == 10 and (run.num_train_samples, run.num_eval_samples) == (48, 12)

@@ -1,6 +1,7 @@
 """The comparison job as a user runs it: a subprocess, its own local Ray, arms x seeds through Tune, the report."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from data_prep.ava import shard_ava
 from data_prep.demo_layouts import generate_ava_demo
 from data_prep.shards import ShardOptions
+from pipeline.tasks import QualityTask
 
 from tests.jobs.conftest import TINY_RESNET, run_job_main
 
@@ -96,6 +98,13 @@ def test_ava_comparison_reports_srcc(tmp_path):
     for row in rows.values():
         assert row["final_estimate"]["n"] == 2 and -1.0 <= row["final_estimate"]["mean"] <= 1.0
     assert "final srcc mean ± std" in result.stdout
+    # every trial trained the AVA demo recipe (jobs/ava_nima.py) and logged every quality metric, over the whole test split
+    histories = list((tmp_path / "ava").glob("train_*/history.jsonl"))
+    assert len(histories) == 4
+    for history in histories:
+        for record in (json.loads(line) for line in history.read_text().splitlines()):
+            assert all(math.isfinite(record[name]) for name in QualityTask.metric_names), record
+            assert record["num_eval_samples"] == 12 and 0.0 <= record["emd"] <= 1.0 and -1.0 <= record["srcc"] <= 1.0
 
 
 def test_class_demos_do_not_flip_their_mirror_classes():

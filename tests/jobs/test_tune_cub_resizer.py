@@ -72,6 +72,7 @@ def test_asha_stops_trials_an_interrupted_search_resumes_and_the_report_is_writt
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-4000:]
     assert "resuming search 'search'" in output
+    assert "earlier results back in its rungs" in output  # ASHA compares the rest with the trials before Ctrl-C
     after = trial_results(directory)
     for name in finished:  # finished trials were not rerun: not one more result line
         assert after[name] == before[name]

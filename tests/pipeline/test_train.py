@@ -1,10 +1,13 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.checkpoint import load_weights, weights_only_engine
 from pipeline.config import DataConfig, DeepSpeedConfig, JobConfig, ModelConfig, OptimConfig, ResizerConfig, RunConfig
 from pipeline.launch import launch
+from pipeline.predict import predict
+from pipeline.trained import load_trained
 from pipeline.train import deepspeed_config, lr_factor, schedule, steps_per_epoch
 
 TINY_MODEL = ModelConfig(
@@ -82,3 +85,17 @@ def test_two_workers_train_and_evaluate_under_zero(stage, precision, tiny_shards
     shards = sorted(Path(result.latest_checkpoint).glob("ds/*.pt"))
     assert len(shards) >= 3 and all(weights_only_engine().load(str(p), map_location="cpu") for p in shards)
     assert (tmp_path / "runs" / f"zero{stage}" / "tensorboard").is_dir()
+
+    # the saved weights are what was evaluated: predicting the eval split gives the logged metrics
+    trained = load_trained(str(tmp_path / "runs" / f"zero{stage}"))  # the run folder: its best checkpoint
+    logged = next(r for r in result.history if r["epoch"] == trained.epoch)
+    assert Path(trained.checkpoint, "model.safetensors").is_file() and Path(trained.checkpoint, "model.json").is_file()
+    if precision == "fp32":
+        predicted = predict(trained, shards=tiny_shards["path"], batch_size=7)
+        assert len(predicted.rows) == logged["num_eval_samples"] and len(predicted.skipped) == 1
+        assert predicted.metrics["top1"] == logged["top1"]
+        assert predicted.metrics["eval_loss"] == pytest.approx(logged["eval_loss"], abs=1e-5)
+    else:  # the fp32 master weights, not the bf16 copies the workers compute with
+        floats = [v for k, v in weights["state_dict"].items() if v.is_floating_point() and "resizer" in k]
+        assert all(v.dtype == torch.float32 for v in floats)
+        assert any(not torch.equal(v, v.bfloat16().float()) for v in floats)
