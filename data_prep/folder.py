@@ -14,9 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from data_prep.records import DataPrepError, DatasetSpec, Record, path_key
+from data_prep.records import DataPrepError, DatasetSpec, Record, path_key, split_by_fraction
 from data_prep.shards import ShardOptions, write_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -55,16 +53,9 @@ def read_folder(src: str | Path, val_fraction: float | None = None, seed: int = 
         options: dict[str, Any] = {"src": str(root), "layout": f"train+{eval_split}"}
     else:
         fraction = 0.2 if val_fraction is None else val_fraction
-        if not 0.0 < fraction < 1.0:
-            raise DataPrepError(f"--val-fraction must be between 0 and 1, got {fraction}")
         classes = _class_folders(root)
-        splits = {"train": [], "val": []}
-        for label, name in enumerate(classes):
-            records = _class_records(root, name, label, name, "train", skipped)
-            order = np.random.default_rng([seed, label]).permutation(len(records))
-            held_out = set(order[: max(1, round(fraction * len(records)))].tolist()) if len(records) > 1 else set()
-            for i, record in enumerate(records):
-                splits["val" if i in held_out else "train"].append(record)
+        by_class = [_class_records(root, name, label, name, "train", skipped) for label, name in enumerate(classes)]
+        splits = split_by_fraction(by_class, fraction, seed)
         options = {"src": str(root), "layout": "classes", "val_fraction": fraction}
     if not classes:
         raise DataPrepError(f"{root}: no class folders; expected DIR/<class>/ or DIR/train/<class>/ with DIR/val/<class>/")

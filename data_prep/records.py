@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 
 class DataPrepError(ValueError):
     """A problem with the input or the options that stops the run; the message says what, where and what to do."""
@@ -149,6 +151,24 @@ def confined(root: Path, relative: str, path: Path, line_number: int) -> Path:
     if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
         raise error_at(path, line_number, f"path {relative!r} leaves {root}", "paths must be relative and stay inside it")
     return root / normal
+
+
+def split_by_fraction(by_class: list[list[Record]], fraction: float, seed: int) -> dict[str, list[Record]]:
+    """{"train", "val"}: of each class (in the order given) a seeded `fraction` goes to val, at least one
+    image of any class that has two.
+
+    Raises:
+        DataPrepError: `fraction` is not between 0 and 1.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataPrepError(f"--val-fraction must be between 0 and 1, got {fraction}")
+    splits: dict[str, list[Record]] = {"train": [], "val": []}
+    for label, records in enumerate(by_class):
+        order = np.random.default_rng([seed, label]).permutation(len(records))
+        held_out = set(order[: max(1, round(fraction * len(records)))].tolist()) if len(records) > 1 else set()
+        for i, record in enumerate(records):
+            splits["val" if i in held_out else "train"].append(record)
+    return splits
 
 
 def path_key(source: str) -> str:

@@ -15,9 +15,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from data_prep.records import DataPrepError, DatasetSpec, Record, confined, error_at, path_key, text_lines
+from data_prep.records import DataPrepError, DatasetSpec, Record, confined, error_at, path_key, split_by_fraction, text_lines
 from data_prep.shards import ShardOptions, write_dataset
 
 SPLITS = ("train", "val", "test")
@@ -43,19 +41,45 @@ def read_csv_table(
         raise DataPrepError(f"--src {path}: no such CSV file")
     if not base.is_dir():
         raise DataPrepError(f"--root {base}: no such folder")
+    entries, has_split = _rows(path, base, image_column, class_column, split_column)
+    if has_split and val_fraction is not None:
+        raise error_at(path, 1, f"the table has a {split_column!r} column", "drop --val-fraction")
+    classes = sorted({label for _, label, _ in entries})
+    if len(classes) < 2:
+        raise DataPrepError(f"{path}: {len(classes)} distinct value(s) in {class_column!r}; a classifier needs at least 2")
+    index = {name: i for i, name in enumerate(classes)}
+    records = [
+        (Record(path_key(image), str(base / image), image, index[label], {"class_name": label}), split)
+        for image, label, split in entries
+    ]
+    options: dict[str, Any] = {"src": str(base), "table": str(path)}
+    if has_split:
+        splits: dict[str, list[Record]] = {}
+        for record, split in records:
+            splits.setdefault(split, []).append(record)
+        if "train" not in splits or not any(s in splits for s in ("val", "test")):
+            raise DataPrepError(f"{path}: column {split_column!r} must hold train and val (or test) rows; it has {sorted(splits)}")
+        options["split_column"] = split_column
+    else:
+        fraction = 0.2 if val_fraction is None else val_fraction
+        by_class = [[record for record, _ in records if record.label == label] for label in range(len(classes))]
+        splits = split_by_fraction(by_class, fraction, seed)
+        options["val_fraction"] = fraction
+    return DatasetSpec("csv", "cls", classes, splits, [], options)
+
+
+def _rows(path: Path, base: Path, image_column: str, class_column: str, split_column: str) -> tuple[list[tuple[str, str, str | None]], bool]:
+    """(image, class, split or None) per row, and whether the table has the split column; every bad row names its line."""
     rows = csv.reader(line for _, line in text_lines(path))
-    header = next(rows, None)
+    header = [h.strip() for h in next(rows, [])]
     if not header:
         raise DataPrepError(f"{path}: empty; the first line must name the columns")
-    header = [h.strip() for h in header]
     for name, option in ((image_column, "--image-column"), (class_column, "--class-column")):
         if name not in header:
             raise error_at(path, 1, f"no column {name!r} in the header {header}", f"name it with {option}")
     has_split = split_column in header
-    if has_split and val_fraction is not None:
-        raise error_at(path, 1, f"the table has a {split_column!r} column", "drop --val-fraction")
     col = {name: header.index(name) for name in header}
-    entries: list[tuple[int, str, str, str | None]] = []
+    entries: list[tuple[str, str, str | None]] = []
     seen: dict[str, int] = {}
     for line_number, row in enumerate(rows, start=2):
         if not row or not any(cell.strip() for cell in row):
@@ -69,40 +93,11 @@ def read_csv_table(
         if image in seen:
             raise error_at(path, line_number, f"image {image!r} is listed twice (first on line {seen[image]})")
         seen[image] = line_number
-        split = None
-        if has_split:
-            split = row[col[split_column]].strip().lower()
-            if split not in SPLITS:
-                raise error_at(path, line_number, f"split {split!r} is not one of {list(SPLITS)}")
-        entries.append((line_number, image, label, split))
-    classes = sorted({label for _, _, label, _ in entries})
-    if len(classes) < 2:
-        raise DataPrepError(f"{path}: {len(classes)} distinct value(s) in {class_column!r}; a classifier needs at least 2")
-    index = {name: i for i, name in enumerate(classes)}
-
-    def record(image: str, label: str) -> Record:
-        return Record(path_key(image), str(base / image), image, index[label], {"class_name": label})
-
-    splits: dict[str, list[Record]] = {}
-    if has_split:
-        for _, image, label, split in entries:
-            splits.setdefault(split, []).append(record(image, label))
-        eval_splits = [s for s in ("val", "test") if s in splits]
-        if "train" not in splits or not eval_splits:
-            raise DataPrepError(f"{path}: column {split_column!r} must hold train and val (or test) rows; it has {sorted(splits)}")
-        options: dict[str, Any] = {"src": str(base), "table": str(path), "split_column": split_column}
-    else:
-        fraction = 0.2 if val_fraction is None else val_fraction
-        if not 0.0 < fraction < 1.0:
-            raise DataPrepError(f"--val-fraction must be between 0 and 1, got {fraction}")
-        splits = {"train": [], "val": []}
-        for label in classes:
-            members = [image for _, image, value, _ in entries if value == label]
-            held_out = set(np.random.default_rng([seed, index[label]]).permutation(len(members))[: round(fraction * len(members))].tolist())
-            for i, image in enumerate(members):
-                splits["val" if i in held_out else "train"].append(record(image, label))
-        options = {"src": str(base), "table": str(path), "val_fraction": fraction}
-    return DatasetSpec("csv", "cls", classes, splits, [], options)
+        split = row[col[split_column]].strip().lower() if has_split else None
+        if has_split and split not in SPLITS:
+            raise error_at(path, line_number, f"split {split!r} is not one of {list(SPLITS)}")
+        entries.append((image, label, split))
+    return entries, has_split
 
 
 def shard_table(src: str | Path, root: str | Path, out: str, options: ShardOptions | None = None, **columns: Any) -> dict[str, Any]:
