@@ -95,8 +95,9 @@ def load_checkpoint(engine: Any, directory: str) -> dict[str, Any]:
 
 
 def deepspeed_safe_globals() -> list[Any]:
-    """The classes DeepSpeed pickles into its ZeRO shards besides tensors and builtins (found with
-    `torch.serialization.get_unsafe_globals_in_checkpoint` on ZeRO 1-3 checkpoints in fp32 and bf16)."""
+    """The classes DeepSpeed pickles into its ZeRO shards besides tensors and builtins: found with
+    `torch.serialization.get_unsafe_globals_in_checkpoint`; every shard of the ZeRO-1 fp32, ZeRO-2 fp32 and
+    ZeRO-3 bf16 runs of tests/pipeline/test_train.py loads with them. fp16 (GPU) adds the dynamic loss scaler."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address

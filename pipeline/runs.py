@@ -45,8 +45,9 @@ class Run:
         num_eval_samples: samples in the evaluation split.
         use_gpu: one GPU per worker, else CPUs.
         resumes_from: `meta.json` of the checkpoint a rerun continues from (None: a new run).
-        changes: fields whose values differ from the saved config of the run it resumes, as
-            {field: (saved, new)}: fields that only extend or move a run, or any with run.resume=allow_changes.
+        changes: {field: (saved, new)} for fields that change what is trained and differ from the saved
+            config of the run it resumes: only with run.resume=allow_changes (fields that only extend or
+            move a run, `RESUME_MAY_CHANGE`, are not listed).
     """
 
     cfg: JobConfig
