@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data_prep.records import DataPrepError, DatasetSpec, Record, path_key, split_by_fraction
+from data_prep.records import DataPrepError, DatasetSpec, Record, class_folders, is_hidden, path_key, split_by_fraction
 from data_prep.shards import ShardOptions, write_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -41,19 +41,19 @@ def read_folder(src: str | Path, val_fraction: float | None = None, seed: int = 
     if (root / "train").is_dir() and eval_split:
         if val_fraction is not None:
             raise DataPrepError(f"{root} has train/ and {eval_split}/ already; drop --val-fraction")
-        classes = _class_folders(root / "train")
+        classes = class_folders(root / "train")
         index = {name: i for i, name in enumerate(classes)}
         splits = {}
         for split in ("train", eval_split):
             splits[split] = []
-            for name in _class_folders(root / split):
+            for name in class_folders(root / split):
                 if name not in index:
                     raise DataPrepError(f"{root / split / name}: class {name!r} is not a class of train/; remove or rename the folder")
                 splits[split] += _class_records(root, f"{split}/{name}", index[name], name, split, skipped)
         options: dict[str, Any] = {"src": str(root), "layout": f"train+{eval_split}"}
     else:
         fraction = 0.2 if val_fraction is None else val_fraction
-        classes = _class_folders(root)
+        classes = class_folders(root)
         by_class = [_class_records(root, name, label, name, "train", skipped) for label, name in enumerate(classes)]
         splits = split_by_fraction(by_class, fraction, seed)
         options = {"src": str(root), "layout": "classes", "val_fraction": fraction}
@@ -64,22 +64,14 @@ def read_folder(src: str | Path, val_fraction: float | None = None, seed: int = 
     return DatasetSpec("folder", "cls", classes, splits, skipped, options)
 
 
-def _hidden(name: str) -> bool:
-    return name.startswith((".", "__"))
-
-
-def _class_folders(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not _hidden(e.name))
-
-
 def _class_records(root: Path, relative: str, label: int, name: str, split: str, skipped: list[dict[str, str]]) -> list[Record]:
     """The images under one class folder (recursively); other files go to `skipped`."""
     folder = root / relative
     records = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for filename in sorted(filenames):
-            if _hidden(filename):
+            if is_hidden(filename):
                 continue
             path = Path(dirpath) / filename
             source = path.relative_to(root).as_posix()

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data_prep.records import DataPrepError, DatasetSpec, Record, error_at, parse_int, text_lines
+from data_prep.records import DataPrepError, DatasetSpec, Record, class_folders, error_at, parse_int, text_lines
 from data_prep.shards import ShardOptions, write_dataset
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -63,7 +63,7 @@ def read_imagenet(src: str | Path, splits: tuple[str, ...] = ("train", "val"), v
 def _class_wnids(root: Path) -> list[str]:
     for folder in (root / "train", root / "val"):
         if folder.is_dir():
-            wnids = _class_folders(folder)
+            wnids = class_folders(folder)
             if wnids:
                 for wnid in wnids:
                     if not _image_files(folder / wnid):
@@ -75,12 +75,6 @@ def _class_wnids(root: Path) -> list[str]:
     raise DataPrepError(
         f"{root}: cannot find the class list; expected train/<wnid>/ folders (or val/<wnid>/). Check --src"
     )
-
-
-def _class_folders(folder: Path) -> list[str]:
-    """The sorted sub-folders that are classes: hidden ones (``.ipynb_checkpoints``, ``.DS_Store`` folders,
-    ``__MACOSX``) never are, so a notebook or an unzip tool cannot shift every label by one."""
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith((".", "__")))
 
 
 def _image_files(folder: Path) -> list[str]:
@@ -96,7 +90,7 @@ def _val_records(root: Path, index: dict[str, int], val_labels: Path | None) -> 
     val_dir = root / "val"
     if not val_dir.is_dir():
         raise DataPrepError(f"{val_dir}: validation folder not found; add it or pass --splits train")
-    subfolders = _class_folders(val_dir)
+    subfolders = class_folders(val_dir)
     if subfolders and val_labels is None:
         records = []
         for wnid in subfolders:

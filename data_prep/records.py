@@ -153,6 +153,17 @@ def confined(root: Path, relative: str, path: Path, line_number: int) -> Path:
     return root / normal
 
 
+def is_hidden(name: str) -> bool:
+    """A name no dataset means: ``.ipynb_checkpoints``, ``.DS_Store``, ``__MACOSX`` and the like."""
+    return name.startswith((".", "__"))
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The sorted sub-folders of `folder` that are classes: hidden ones never are, so a notebook or an
+    unzip tool cannot add a class and shift every label by one."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not is_hidden(e.name))
+
+
 def split_by_fraction(by_class: list[list[Record]], fraction: float, seed: int) -> dict[str, list[Record]]:
     """{"train", "val"}: of each class (in the order given) a seeded `fraction` goes to val, at least one
     image of any class that has two.

@@ -59,6 +59,11 @@ def image_files(inputs: list[str]) -> list[str]:
     return files
 
 
+def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Rows as the batch of columns `decode_batch` takes."""
+    return {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+
+
 def _image_batches(paths: list[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """Rows as the shards give them (key, jpg bytes, no label) from image files; unreadable files carry an error."""
     for start in range(0, len(paths), batch_size):
@@ -70,7 +75,7 @@ def _image_batches(paths: list[str], batch_size: int) -> Iterator[dict[str, np.n
             except OSError as err:
                 data, error = b"", f"unreadable file: {err.strerror}"
             rows.append({"key": path, "jpg": data, "label": -1, "meta": "{}", "error": error})
-        yield {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+        yield _columns(rows)
 
 
 def _shard_batches(data_path: str, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -85,10 +90,10 @@ def _shard_batches(data_path: str, split: str, batch_size: int) -> Iterator[dict
             for sample in iter_tar_samples(f, url):
                 rows.append(sample)
                 if len(rows) == batch_size:
-                    yield {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+                    yield _columns(rows)
                     rows = []
     if rows:
-        yield {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+        yield _columns(rows)
 
 
 def predict(
