@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shard_options(folder)
 
     table = commands.add_parser(
-        "csv", help="shard images listed in a CSV table (path and class columns)",
+        "csv", help="shard images listed in a CSV table (path and class columns, or a numeric target column)",
         description="Shard the images a CSV lists: a header, an image path column (relative to --root) and a class "
         "column, and a split column or --val-fraction.",
     )
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--root", required=True, help="the folder the image paths are relative to")
     table.add_argument("--image-column", default="image", help="column of image paths; default image")
     table.add_argument("--class-column", default="label", help="column of class names; default label")
+    table.add_argument("--target-column", help="column of numbers to regress (instead of --class-column), e.g. a score")
     table.add_argument("--split-column", default="split", help="column of train/val/test, if the table has one; default split")
     table.add_argument("--val-fraction", type=float, default=None, help="without a split column: share of each class held out as val; default 0.2")
     _add_shard_options(table)
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
             shard_table(
                 args.src, args.root, args.out, options, image_column=args.image_column, class_column=args.class_column,
-                split_column=args.split_column, val_fraction=args.val_fraction,
+                target_column=args.target_column, split_column=args.split_column, val_fraction=args.val_fraction,
             )
         elif args.command == "ava":
             from data_prep.ava import shard_ava

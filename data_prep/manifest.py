@@ -5,7 +5,7 @@ Schema (format_version 1; JSON with sorted keys)::
     {
       "format_version": 1,
       "dataset": "cub" | "imagenet" | "ava",
-      "target": "cls" | "votes",        # cls: samples carry a class index; votes: AVA score distribution
+      "target": "cls" | "votes" | "value",  # cls: a class index; votes: AVA score distribution; value: a number
       "num_classes": int,                # 0 for AVA
       "class_names": [str, ...],         # index = cls (CUB: classes.txt names; ImageNet: sorted wnids)
       "created_by": {                    # the options that produced these bytes
@@ -24,7 +24,8 @@ Schema (format_version 1; JSON with sorted keys)::
       },
       "skipped": [{"split": str, "key": str, "path": str, "reason": str}, ...],   # sorted by split, key
       "converted": {"<reason>": int},    # re-encoded samples by reason: grayscale, cmyk, png, resized, a+b
-      "num_converted": int
+      "num_converted": int,
+      "target_stats": {"mean", "std", "min", "max": float}   # target "value" only: of the train split's rows
     }
 
 Shards are ``OUT/<split>-<NNNNNN>.tar`` (webdataset layout); per sample, in this order:
@@ -34,7 +35,8 @@ Shards are ``OUT/<split>-<NNNNNN>.tar`` (webdataset layout); per sample, in this
 - ``<key>.json``: ``source`` (path under the dataset root), ``original_size`` and ``size`` ([w, h]),
   ``converted`` (only if re-encoded), and per dataset: CUB ``image_id``, ``class_name``, ``bbox`` ([x, y, w, h]
   in original pixels); ImageNet ``wnid``; AVA ``image_id``, ``votes`` (10 counts for scores 1..10),
-  ``mean_score``, ``tags`` (non-zero semantic tag ids), ``challenge``.
+  ``mean_score``, ``tags`` (non-zero semantic tag ids), ``challenge``; folder/csv ``class_name``; csv with
+  ``--target-column`` ``target`` (the number).
 """
 
 from __future__ import annotations

@@ -64,11 +64,13 @@ class DatasetSpec:
 
     Attributes:
         dataset: dataset name written to the manifest ("cub", "imagenet", "ava").
-        target: "cls" when samples carry a class index, "votes" for AVA's score distribution.
+        target: "cls" when samples carry a class index, "votes" for AVA's score distribution, "value" for a
+            number per image (its json's "target").
         class_names: class names, index = cls (empty for AVA).
         splits: split name to its records, in any order (the engine sorts by key, then shuffles with the seed).
         skipped: items dropped before sharding, as manifest skip entries {split, key, path, reason}.
         options: dataset-specific options recorded in the manifest's created_by.
+        target_stats: for target "value": {"mean", "std", "min", "max"} of the train split's targets.
     """
 
     dataset: str
@@ -77,6 +79,7 @@ class DatasetSpec:
     splits: dict[str, list[Record]]
     skipped: list[dict[str, str]]
     options: dict[str, Any]
+    target_stats: dict[str, float] | None = None
 
 
 def check_unique_keys(splits: dict[str, list[Record]]) -> None:

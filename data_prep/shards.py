@@ -444,7 +444,7 @@ def _build_manifest(
             "num_shards": len(shards),
             "shards": [{k: shard[k] for k in ("name", "num_samples", "sha256", "bytes")} for shard in shards],
         }
-    return {
+    manifest = {
         "format_version": FORMAT_VERSION,
         "dataset": spec.dataset,
         "target": spec.target,
@@ -465,6 +465,9 @@ def _build_manifest(
         "converted": dict(sorted(converted.items())),
         "num_converted": sum(converted.values()),
     }
+    if spec.target_stats is not None:
+        manifest["target_stats"] = spec.target_stats
+    return manifest
 
 
 def _kill_self() -> None:

@@ -13,6 +13,7 @@ import concurrent.futures
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import tarfile
 from typing import Any
@@ -29,7 +30,7 @@ def verify_shard(url: str, expected: dict[str, Any], target: str, num_classes: i
     Args:
         url: the shard's path or URI.
         expected: its manifest entry (name, num_samples, sha256, bytes).
-        target: "cls" if samples must carry a class index, else "votes".
+        target: "cls" if samples must carry a class index, "value" a number in their json, else "votes".
         num_classes: the number of classes (cls must be below it).
 
     Returns:
@@ -68,9 +69,12 @@ def verify_shard(url: str, expected: dict[str, Any], target: str, num_classes: i
         except ImageError as error:
             problems.append(f"{name}: sample {key}: jpg does not decode: {error}")
         try:
-            json.loads(members["json"])
+            meta = json.loads(members["json"])
         except ValueError:
             problems.append(f"{name}: sample {key}: json does not parse")
+            meta = {}
+        if target == "value" and not _is_number(meta.get("target")):
+            problems.append(f"{name}: sample {key}: json has no numeric \"target\" ({meta.get('target')!r})")
         if target == "cls":
             text = members["cls"].decode(errors="replace")
             if not text.isdigit() or int(text) >= num_classes:
@@ -78,6 +82,10 @@ def verify_shard(url: str, expected: dict[str, Any], target: str, num_classes: i
     if len(samples) != expected["num_samples"]:
         problems.append(f"{name}: {len(samples)} samples, manifest says {expected['num_samples']}")
     return problems, list(samples)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def verify(uri: str, workers: int | None = None) -> list[str]:

@@ -215,12 +215,14 @@ def print_summary(result: Any, cfg: JobConfig, *, reference: str | None = None) 
     (next to chance, and to `reference`, a measured figure of another resizer), and where the outputs went."""
     task = result.run.task
     metrics = task.metric_names
-    widths = [max(8, len(m)) for m in metrics]
+    # 4 decimals for scores and losses; a regression's errors in large units keep 1
+    cell = {(i, m): f"{r[m]:.4f}" if abs(r[m]) < 1000 else f"{r[m]:.1f}" for i, r in enumerate(result.history) for m in metrics}
+    widths = [max([8, len(m)] + [len(cell[i, m]) for i in range(len(result.history))]) for m in metrics]
     header = "  ".join(f"{m:>{w}}" for m, w in zip(metrics, widths))
     print(f"\n{'epoch':>5}  {'train loss':>10}  {header}  {'img/s':>7}  skipped")
-    for record in result.history:
+    for i, record in enumerate(result.history):
         skipped = record.get("skipped_train", 0) + record.get("skipped_eval", 0)
-        values = "  ".join(f"{record[m]:>{w}.4f}" for m, w in zip(metrics, widths))
+        values = "  ".join(f"{cell[i, m]:>{w}}" for m, w in zip(metrics, widths))
         print(f"{record['epoch']:>5}  {record['train_loss']:>10.4f}  {values}  {record['images_per_second']:>7.1f}  {skipped}")
     if result.history:
         final = result.history[-1][task.target_metric]
@@ -282,5 +284,11 @@ def run_job(
     grid = write_grid(result, cfg)
     if grid:
         print(f"resizer grid:      {grid}")
+    if cfg.run.mlflow:
+        from pipeline.layout import HISTORY_FILE
+        from pipeline.tracking import log_artifacts
+
+        log_artifacts(cfg, result.run_dir, [grid or "", os.path.join(result.run_dir, HISTORY_FILE)])
+        print(f"MLflow:            {cfg.run.mlflow} (experiment {cfg.run.mlflow_experiment or 'learned_resizer'}, run {cfg.run.name})")
     return 0
 

@@ -9,7 +9,8 @@ The backbone keeps its own input side S and normalization (its pretrained config
 weights with a new head; the resizer takes `--ratio` x S (default 2, the paper's setting: crop 2S of the image
 resized to 2S x 256/224) and starts as plain bilinear (zero-initialised last conv), as in the ImageNet recipe
 (`jobs/imagenet_resnet50.py`). The task follows the shards: classes (`cls`) train a classifier, AVA-style vote
-distributions (`votes`) the quality head; the evaluation split is `val`, else `test`. Schedule: AdamW, backbone
+distributions (`votes`) the quality head, a number per image (`value`, `data_prep csv --target-column`) a
+regression in the target's units; the evaluation split is `val`, else `test`. Schedule: AdamW, backbone
 lr 5e-5, resizer lr 1e-3, 10 epochs, 1 warm-up epoch, batch 32 per worker, bf16 on GPUs.
 
 Laptop (`--demo`, 2 CPU cores): the same code path on the 4-class demo shards, with a small ResNet at 32 px from
@@ -56,7 +57,7 @@ def data_for(path: str | None) -> tuple[str, str]:
     manifest = read_manifest(path)
     task = task_for_target(manifest.get("target"))
     if task is None:
-        raise ValueError(f"--data {path}: shards with target {manifest.get('target')!r} fit no task (cls or votes)")
+        raise ValueError(f"--data {path}: shards with target {manifest.get('target')!r} fit no task (cls, votes or value)")
     split = next((s for s in ("val", "test") if s in manifest.get("splits", {})), None)
     if split is None:
         raise ValueError(f"--data {path}: the manifest has no val or test split (splits: {sorted(manifest.get('splits', {}))})")

@@ -264,6 +264,10 @@ class RunConfig:
             config differs only in fields that extend it (optim.epochs) or move it (workers, CPUs,
             retries, logging), refuse otherwise, listing the fields; "never": refuse if the run exists;
             "must": refuse if there is nothing to resume; "allow_changes": continue with the new values.
+        mlflow: MLflow tracking URI (a server, or a local folder for a file store) to log params,
+            per-epoch metrics and the resizer grid to (`pipeline.tracking`); None logs to TensorBoard only.
+        mlflow_experiment: the MLflow experiment; "" uses "learned_resizer", or a search's or
+            comparison's name for its trials.
     """
 
     name: str = "run"
@@ -277,6 +281,8 @@ class RunConfig:
     max_failures: int = 3
     log_every: int = 50
     resume: ResumePolicy = "auto"
+    mlflow: str | None = None
+    mlflow_experiment: str = ""
 
     def __post_init__(self) -> None:
         _check_literals(self, "run")

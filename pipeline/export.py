@@ -57,7 +57,7 @@ def export(trained: Any, *, format: str, out: str, resizer_only: bool = False, t
 
     Raises:
         ValueError: an unknown format, or a reloaded export that differs from the eager model by more than
-            `tolerance`.
+            `tolerance` x max(1, the largest |output|) (relative for outputs in large units: a regression's).
         FileExistsError: `out` exists (an export never overwrites a file).
     """
     if format not in FORMATS:
@@ -91,8 +91,9 @@ def export(trained: Any, *, format: str, out: str, resizer_only: bool = False, t
             exported = torch.export.load(out).module()(checked_with)
         eager = module(checked_with)
     difference = float((exported.float() - eager.float()).abs().max())
-    if not difference <= tolerance:
-        raise ValueError(f"{out}: the reloaded {format} export differs from the eager model by {difference:.3g} (> {tolerance:g})")
+    bound = tolerance * max(1.0, float(eager.float().abs().max()))
+    if not difference <= bound:
+        raise ValueError(f"{out}: the reloaded {format} export differs from the eager model by {difference:.3g} (> {bound:g})")
     return Exported(out, format, difference, tuple(checked_with.shape), tuple(eager.shape))
 
 

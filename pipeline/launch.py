@@ -63,6 +63,7 @@ def build_trainer(run: Run, *, callbacks: list | None = None, verbose: bool = Fa
             "num_outputs": run.num_outputs,
             "num_train_samples": run.num_train_samples,
             "class_names": run.class_names,
+            "target_stats": run.target_stats,
             "verbose": verbose,
             "console": console,
         },

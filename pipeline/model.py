@@ -28,6 +28,8 @@ class ResizerModel(nn.Module):
         std: per-channel std of the backbone, in [0, 1] units.
         input_size: the backbone's input side S.
         channels_last: run in channels-last memory format.
+        output_affine: (shift, scale) applied in float32 to the head's output (regression: the training
+            targets' mean and std, so outputs are in the target's units); None leaves logits as they are.
     """
 
     def __init__(
@@ -39,12 +41,15 @@ class ResizerModel(nn.Module):
         std: tuple[float, float, float],
         input_size: int,
         channels_last: bool = False,
+        output_affine: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         self.resizer = resizer
         self.backbone = backbone
         self.input_size = input_size
         self.channels_last = channels_last
+        # Plain floats, not buffers: a bf16 cast of the module must not round a mean of 1e5 to 3 digits.
+        self.output_affine = None if output_affine is None else (float(output_affine[0]), float(output_affine[1]))
         # Stored in 0-255 units so normalizing uint8 pixels is one fused multiply-add.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
@@ -66,8 +71,12 @@ class ResizerModel(nn.Module):
         return (x.float() * self.std.float() + self.mean.float()).clamp(0, 255)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, Hin, Win) → logits (B, num_outputs)."""
-        return self.backbone(self.resize(pixels))
+        """uint8 (B, 3, Hin, Win) → logits (B, num_outputs); regression: values in the target's units."""
+        out = self.backbone(self.resize(pixels))
+        if self.output_affine is None:
+            return out
+        shift, scale = self.output_affine
+        return out.float() * scale + shift
 
 
 def create_backbone(cfg: ModelConfig, num_outputs: int) -> nn.Module:
@@ -131,13 +140,16 @@ def backbone_input_size(backbone: nn.Module, cfg: ModelConfig) -> int:
     return int(height)
 
 
-def build_model(model_cfg: ModelConfig, resizer_cfg: ResizerConfig, num_outputs: int) -> ResizerModel:
-    """Builds resizer + backbone for `num_outputs` classes (or score bins).
+def build_model(
+    model_cfg: ModelConfig, resizer_cfg: ResizerConfig, num_outputs: int, output_affine: tuple[float, float] | None = None
+) -> ResizerModel:
+    """Builds resizer + backbone for `num_outputs` classes (or score bins, or one regression value).
 
     Args:
         model_cfg: backbone options.
         resizer_cfg: resizer options; its output size is the backbone's input size.
         num_outputs: size of the head.
+        output_affine: see `ResizerModel` (`Task.output_affine()`).
     """
     backbone = create_backbone(model_cfg, num_outputs)
     data_cfg = timm.data.resolve_model_data_config(backbone)
@@ -151,6 +163,7 @@ def build_model(model_cfg: ModelConfig, resizer_cfg: ResizerConfig, num_outputs:
         std=tuple(data_cfg["std"]),
         input_size=size,
         channels_last=model_cfg.channels_last,
+        output_affine=output_affine,
     )
     if model_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -5,7 +5,8 @@ INPUT is image files or folders (searched recursively), or ``--shards DIR [--spl
 data_prep shards, which also prints the split's metrics as the training loop computes them. Every image
 goes through the run's evaluation transform (resize → centre crop) and the training loop's decoder; the
 model runs batched, on the GPU when there is one. One CSV row per image: the top-5 classes and their
-probabilities, or for a quality model the predicted mean score. Images that cannot be read are listed
+probabilities, for a quality model the predicted mean score, for a regression model the predicted value
+(in the target's units). Images that cannot be read are listed
 and counted, never fatal.
 """
 
@@ -161,6 +162,8 @@ def predict(
 
 
 def _rows(trained: Any, keys: list[str], logits: torch.Tensor, top: int) -> list[dict[str, Any]]:
+    if trained.cfg.task == "regression":
+        return [{"image": k, "prediction": round(float(v), 6)} for k, v in zip(keys, logits[:, 0].cpu())]
     probabilities = logits.softmax(-1).cpu()
     if trained.cfg.task == "quality":
         from pipeline.tasks import mean_score

@@ -72,6 +72,11 @@ class Run:
     def class_names(self) -> list[str] | None:
         return self.manifest.get("class_names")
 
+    @property
+    def target_stats(self) -> dict[str, float] | None:
+        """Regression: the training targets' mean and std (the manifest's), else None."""
+        return self.manifest.get("target_stats")
+
     def describe(self) -> str:
         """The one line a job prints before it trains."""
         cfg = self.cfg
@@ -107,9 +112,12 @@ def plan(cfg: JobConfig, *, resources: dict[str, float], manifest: dict[str, Any
         ValueError: (DataError included) naming the field and the fix.
     """
     cfg = with_absolute_storage(cfg.training())
+    if cfg.run.mlflow:
+        _check_mlflow(cfg)
     manifest = read_manifest(cfg.data.path) if manifest is None else manifest
     task = get_task(cfg.task)
     _check_target(cfg, task, manifest)
+    task = task.for_data(manifest)
     num_outputs = task.num_outputs(manifest)
     train_urls = shard_urls(cfg.data.path, manifest, cfg.data.train_split)
     eval_urls = shard_urls(cfg.data.path, manifest, cfg.data.eval_split)
@@ -148,7 +156,7 @@ def plan(cfg: JobConfig, *, resources: dict[str, float], manifest: dict[str, Any
 RESUME_MAY_CHANGE = frozenset({
     "optim.epochs",
     "run.num_workers", "run.cpus_per_worker", "run.use_gpu", "run.autoscale", "run.max_failures",
-    "run.checkpoint_every", "run.log_every", "run.resume", "run.storage",
+    "run.checkpoint_every", "run.log_every", "run.resume", "run.storage", "run.mlflow", "run.mlflow_experiment",
     "data.num_cpus_per_read", "data.strict", "data.max_pixels",
 })
 
@@ -217,6 +225,16 @@ def write_run_config(run: Run) -> None:
     fs, path = fsspec.core.url_to_fs(run.directory)
     fs.makedirs(path, exist_ok=True)
     fs.pipe_file(posixpath.join(path, RUN_CONFIG_FILE), (json.dumps(to_dict(run.cfg), indent=1, sort_keys=True) + "\n").encode())
+
+
+def _check_mlflow(cfg: JobConfig) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise ValueError(
+            f"run.mlflow={cfg.run.mlflow!r} but MLflow is not installed: pip install 'learned-resizer[mlflow]' "
+            "(mlflow-skinny), or drop run.mlflow"
+        )
 
 
 def _check_target(cfg: JobConfig, task: Task, manifest: dict[str, Any]) -> None:

@@ -8,6 +8,9 @@ and the launcher asks it for the head size, the metric to keep the best checkpoi
 - quality (AVA, NIMA): a 10-bin softmax over scores 1..10 trained with the squared EMD (r=2)
   between cumulative distributions; SRCC and LCC of the predicted mean score, EMD, and binary
   accuracy at mean score 5.
+- regression (a numeric target per image, `data_prep csv --target-column`): one output in the
+  target's units, trained with the squared error in units of the training targets' standard
+  deviation (so any scale trains alike); RMSE, MAE, SRCC and LCC.
 
 Evaluation collects a few numbers per sample on every rank (`eval_outputs`), gathers them, and
 computes the metrics once on the whole split (`eval_metrics`), so rank counts never bias them.
@@ -15,6 +18,7 @@ computes the metrics once on the whole split (`eval_metrics`), so rank counts ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -31,7 +35,7 @@ class Task(Protocol):
 
     Attributes:
         name: the value of `JobConfig.task`.
-        target: what data_prep's manifest says the samples carry ("cls", "votes").
+        target: what data_prep's manifest says the samples carry ("cls", "votes", "value").
         data_description: the shards this task trains on, for messages.
         columns: the batch columns holding its targets (besides pixels and valid).
         target_metric: the evaluation metric the best checkpoint is kept by.
@@ -49,6 +53,12 @@ class Task(Protocol):
 
     def num_outputs(self, manifest: dict[str, Any]) -> int:
         """Size of the head for the shards of this manifest."""
+
+    def for_data(self, manifest: dict[str, Any]) -> Task:
+        """This task set up for the shards of this manifest (regression takes the targets' scale)."""
+
+    def output_affine(self) -> tuple[float, float] | None:
+        """(shift, scale) the model applies to its head's output, or None (regression: mean and std)."""
 
     def targets(self, rows: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
         """The target columns of a batch of shard rows (label, meta), and per row why its target is
@@ -103,6 +113,12 @@ class ClassificationTask:
     def num_outputs(self, manifest: dict[str, Any]) -> int:
         return int(manifest["num_classes"])
 
+    def for_data(self, manifest: dict[str, Any]) -> Task:
+        return self
+
+    def output_affine(self) -> tuple[float, float] | None:
+        return None
+
     def chance(self, num_outputs: int) -> float:
         return 1.0 / num_outputs
 
@@ -151,6 +167,12 @@ class QualityTask:
     def num_outputs(self, manifest: dict[str, Any]) -> int:
         return NUM_SCORE_BINS
 
+    def for_data(self, manifest: dict[str, Any]) -> Task:
+        return self
+
+    def output_affine(self) -> tuple[float, float] | None:
+        return None
+
     def chance(self, num_outputs: int) -> float:
         return 0.0
 
@@ -185,17 +207,98 @@ class QualityTask:
         }
 
     def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        from scipy import stats
-
         pred, true = outputs["pred_mean"], outputs["true_mean"]
-        constant = len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(true) == 0
         return {
-            "srcc": 0.0 if constant else float(stats.spearmanr(pred, true).statistic),
-            "lcc": 0.0 if constant else float(stats.pearsonr(pred, true).statistic),
+            **rank_correlations(pred, true),
             "emd": float(outputs["emd"].mean()),
             "binary_accuracy": float(((pred > 5.0) == (true > 5.0)).mean()),
             "eval_loss": float(outputs["loss"].mean()),
         }
+
+
+@dataclass(frozen=True)
+class RegressionTask:
+    """One numeric target per image (a CSV's target column): a single output in the target's units.
+
+    Attributes:
+        mean, std: of the training split's targets (the manifest's `target_stats`). The model's output
+            is `mean + std * head`, so the head starts near the mean whatever the units; the loss is
+            the squared error divided by std² (1.0 = as bad as always predicting the mean).
+    """
+
+    name: str = "regression"
+    target: str = "value"  # the manifest's target: samples carry a number in their json ("target")
+    data_description: str = "numeric-target (data_prep csv --target-column)"
+    columns: tuple[str, ...] = ("value",)
+    target_metric: str = "rmse"
+    mode: Literal["max", "min"] = "min"
+    metric_names: tuple[str, ...] = ("rmse", "mae", "srcc", "lcc", "eval_loss")
+    mean: float = 0.0
+    std: float = 1.0
+
+    def num_outputs(self, manifest: dict[str, Any]) -> int:
+        return 1
+
+    def for_data(self, manifest: dict[str, Any]) -> Task:
+        stats = manifest.get("target_stats") or {}
+        if "mean" not in stats or "std" not in stats:
+            raise ValueError("the manifest has no target_stats {mean, std}; reshard with this version of data_prep csv")
+        return dataclasses.replace(self, mean=float(stats["mean"]), std=max(float(stats["std"]), 1e-12))
+
+    def output_affine(self) -> tuple[float, float] | None:
+        return (self.mean, self.std)
+
+    def chance(self, num_outputs: int) -> float:
+        return self.std
+
+    def chance_meaning(self, num_outputs: int) -> str:
+        return "RMSE of always predicting the training mean (the targets' standard deviation)"
+
+    def targets(self, rows: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """value float32 (B,): each sample's json "target"; a sample without a finite one is flagged."""
+        value = np.zeros(len(rows["meta"]), np.float32)
+        errors = []
+        for i, meta in enumerate(rows["meta"]):
+            try:
+                number = json.loads(meta).get("target") if meta else None
+            except ValueError as err:
+                errors.append(f"unreadable metadata: {err}")
+                continue
+            ok = isinstance(number, (int, float)) and not isinstance(number, bool) and np.isfinite(number)
+            value[i] = number if ok else 0.0
+            errors.append("" if ok else "sample has no numeric target")
+        return {"value": value}, errors
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Squared error in units of the training targets' std, per sample (B,)."""
+        return ((logits.float()[:, 0] - batch["value"].float()) / self.std).square()
+
+    def eval_outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {
+            "pred": logits.float()[:, 0].cpu().numpy(),
+            "true": batch["value"].float().cpu().numpy(),
+            "loss": self.loss(logits, batch).cpu().numpy(),
+        }
+
+    def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        error = outputs["pred"].astype(np.float64) - outputs["true"]
+        return {
+            "rmse": float(np.sqrt(np.mean(error**2))),
+            "mae": float(np.mean(np.abs(error))),
+            **rank_correlations(outputs["pred"], outputs["true"]),
+            "eval_loss": float(outputs["loss"].mean()),
+        }
+
+
+def rank_correlations(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """SRCC and LCC (Pearson) of predictions against truths; 0.0 where either side is constant."""
+    from scipy import stats
+
+    constant = len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(true) == 0
+    return {
+        "srcc": 0.0 if constant else float(stats.spearmanr(pred, true).statistic),
+        "lcc": 0.0 if constant else float(stats.pearsonr(pred, true).statistic),
+    }
 
 
 def score_distribution(meta: str) -> np.ndarray:
@@ -207,13 +310,14 @@ def score_distribution(meta: str) -> np.ndarray:
     return out
 
 
-TASKS: dict[str, Task] = {"classification": ClassificationTask(), "quality": QualityTask()}
+TASKS: dict[str, Task] = {"classification": ClassificationTask(), "quality": QualityTask(), "regression": RegressionTask()}
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, manifest: dict[str, Any] | None = None) -> Task:
+    """The task called `name`, set up for the shards of `manifest` when given (see `Task.for_data`)."""
     if name not in TASKS:
         raise ValueError(f"task={name!r} is not allowed; choose one of {sorted(TASKS)}")
-    return TASKS[name]
+    return TASKS[name] if manifest is None else TASKS[name].for_data(manifest)
 
 
 def task_for_target(target: str | None) -> Task | None:

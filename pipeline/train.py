@@ -37,6 +37,7 @@ from pipeline.config import JobConfig, OptimConfig, from_dict, to_dict
 from pipeline.layout import TENSORBOARD_DIR, checkpoint_dir_name
 from pipeline.model import build_model, param_groups
 from pipeline.tasks import Task, get_task
+from pipeline.tracking import MlflowLog
 
 
 TRAIN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -109,12 +110,18 @@ def deepspeed_config(cfg: JobConfig, world_size: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- setup
 
 def setup_model_and_engine(
-    cfg: JobConfig, *, num_outputs: int, world_size: int, warmup_steps: int, total_steps: int
+    cfg: JobConfig,
+    *,
+    num_outputs: int,
+    world_size: int,
+    warmup_steps: int,
+    total_steps: int,
+    output_affine: tuple[float, float] | None = None,
 ) -> Any:
-    """Model, AdamW with no-decay groups, warm-up + cosine, wrapped by DeepSpeed."""
+    """Model (see `build_model`), AdamW with no-decay groups, warm-up + cosine, wrapped by DeepSpeed."""
     import deepspeed
 
-    model = build_model(cfg.model, cfg.resizer, num_outputs)
+    model = build_model(cfg.model, cfg.resizer, num_outputs, output_affine)
     # DeepSpeed casts parameters to bf16/fp16 but not buffers (Swin's attention masks): cast both here.
     model = model.to(TRAIN_DTYPES[cfg.deepspeed.precision])
     optimizer = torch.optim.AdamW(
@@ -161,6 +168,7 @@ class Worker:
     directory: str
     num_outputs: int
     class_names: list[str] | None
+    target_stats: dict[str, float] | None = None
     console: Any = None
 
     @property
@@ -196,12 +204,13 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     torch.manual_seed(cfg.run.seed)
     return Worker(
         cfg=cfg,
-        task=get_task(cfg.task),
+        task=get_task(cfg.task, {"target_stats": config.get("target_stats")} if cfg.task == "regression" else None),
         rank=context.get_world_rank(),
         world_size=context.get_world_size(),
         directory=config["run_dir"],
         num_outputs=config["num_outputs"],
         class_names=config.get("class_names"),
+        target_stats=config.get("target_stats"),
         console=config.get("console"),
     )
 
@@ -460,7 +469,7 @@ def epoch_result(engine: Any, worker: Worker, state: TrainState, trained: EpochT
 # ---------------------------------------------------------------- log, report and save
 
 class EpochLog:
-    """Rank 0's console line, TensorBoard scalars and `history.jsonl` record of each epoch."""
+    """Rank 0's console line, TensorBoard scalars, `history.jsonl` record and MLflow metrics of each epoch."""
 
     def __init__(self, worker: Worker, state: TrainState) -> None:
         self.worker = worker
@@ -470,6 +479,7 @@ class EpochLog:
 
             self.tensorboard = LocalMirror(worker.directory, TENSORBOARD_DIR)
             self.writer = SummaryWriter(self.tensorboard.local, purge_step=state.step or None)
+            self.mlflow = MlflowLog(worker.cfg, worker.directory)
 
     def write(self, result: EpochResult) -> None:
         if self.writer is None:
@@ -487,12 +497,14 @@ class EpochLog:
             self.writer.add_scalar(f"epoch/{name}", value, metrics["step"])
         self.writer.flush()
         self.tensorboard.sync()
+        self.mlflow.log_epoch(metrics)
         append_history(self.worker.directory, {**metrics, "skipped": [list(s) for s in result.skipped]})
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.tensorboard.close()
+            self.mlflow.close()
 
 
 def report_and_save(engine: Any, worker: Worker, state: TrainState, result: EpochResult) -> None:
@@ -507,7 +519,10 @@ def report_and_save(engine: Any, worker: Worker, state: TrainState, result: Epoc
     worker.say(f"saving checkpoint of epoch {epoch} (step {state.step})")
     tmp = tempfile.mkdtemp(prefix="ckpt-")
     client_state = {"epoch": epoch, "step": state.step, "best": state.best}
-    weights_meta = {"config": to_dict(cfg), "num_outputs": worker.num_outputs, "class_names": worker.class_names}
+    weights_meta = {
+        "config": to_dict(cfg), "num_outputs": worker.num_outputs, "class_names": worker.class_names,
+        "target_stats": worker.target_stats,
+    }
     save_checkpoint(engine, tmp, client_state=client_state, weights_meta=weights_meta)
     if worker.is_main:
         write_meta(tmp, {**client_state, "world_size": worker.world_size, "zero_stage": cfg.deepspeed.zero_stage})
@@ -521,7 +536,7 @@ def report_and_save(engine: Any, worker: Worker, state: TrainState, result: Epoc
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every worker. `config` is plain data: {"job": to_dict(JobConfig), "run_dir",
-    "num_outputs", "num_train_samples", "class_names", "verbose", "console"} (console: a queue handle or None)."""
+    "num_outputs", "num_train_samples", "class_names", "target_stats", "verbose", "console"} (console: a queue handle or None)."""
     import ray.train
 
     worker = setup_worker(config)
@@ -530,7 +545,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     steps = schedule(cfg.optim, num_steps)
     engine = setup_model_and_engine(
         cfg, num_outputs=worker.num_outputs, world_size=worker.world_size,
-        warmup_steps=steps.warmup_steps, total_steps=steps.total_steps,
+        warmup_steps=steps.warmup_steps, total_steps=steps.total_steps, output_affine=worker.task.output_affine(),
     )
     state = resume(engine, worker)
     log = EpochLog(worker, state)

@@ -36,6 +36,7 @@ class Trained:
         cfg: the training config saved with it (its data section gives the evaluation transform).
         num_outputs: the head's size.
         class_names: index → name, for classification runs.
+        target_stats: regression runs: the training targets' mean and std (the model's output affine).
         checkpoint: the folder or file it was loaded from.
         epoch: the epoch the checkpoint was saved at.
     """
@@ -47,9 +48,11 @@ class Trained:
     checkpoint: str
     epoch: int | None
 
+    target_stats: dict[str, float] | None = None
+
     @property
     def task(self) -> Task:
-        return get_task(self.cfg.task)
+        return get_task(self.cfg.task, {"target_stats": self.target_stats} if self.target_stats else None)
 
 
 def best_checkpoint(run_directory: str) -> str:
@@ -129,7 +132,9 @@ def load_trained(path: str, *, device: str | torch.device = "cpu") -> Trained:
     state_dict, meta = read_weights(checkpoint)
     cfg = from_dict(JobConfig, meta["config"])
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, checkpoint_path=None)
-    model = build_model(model_cfg, cfg.resizer, int(meta["num_outputs"]))
+    stats = meta.get("target_stats")
+    affine = (float(stats["mean"]), float(stats["std"])) if stats else None
+    model = build_model(model_cfg, cfg.resizer, int(meta["num_outputs"]), affine)
     model.load_state_dict(state_dict)
     return Trained(
         model=model.to(device).eval(),
@@ -138,4 +143,5 @@ def load_trained(path: str, *, device: str | torch.device = "cpu") -> Trained:
         class_names=meta.get("class_names"),
         checkpoint=checkpoint,
         epoch=meta.get("epoch"),
+        target_stats=stats,
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -168,7 +169,10 @@ def _trial(
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(from_dict(JobConfig, job), params, arms)
     # Deterministic: a restored search reruns this driver, and Train resumes the run of this name.
-    cfg = apply_values(cfg, {"run.name": trial_run_name(trial_id), "run.storage": directory})
+    values: dict[str, Any] = {"run.name": trial_run_name(trial_id), "run.storage": directory}
+    if cfg.run.mlflow and not cfg.run.mlflow_experiment:
+        values["run.mlflow_experiment"] = posixpath.basename(directory.rstrip("/"))  # the search's name
+    cfg = apply_values(cfg, values)
     run(plan(cfg, resources=ray.cluster_resources(), manifest=manifest), callbacks=[TuneReportCallback()], verbose=verbose)
 
 

@@ -73,3 +73,33 @@ def test_one_class_or_a_wrong_column_is_refused(tmp_path: Path) -> None:
         shard_table(tmp_path / "t.csv", tmp_path / "images", str(tmp_path / "o"), OPTIONS)
     with pytest.raises(DataPrepError, match=r"t.csv:1: no column 'species' .* --class-column"):
         shard_table(tmp_path / "t.csv", tmp_path / "images", str(tmp_path / "o"), OPTIONS, class_column="species")
+
+
+def test_a_numeric_target_column_makes_regression_shards(tmp_path: Path, capsys) -> None:
+    names = make_images(tmp_path / "images", 10)
+    scores = [1.5 + 0.5 * i for i in range(10)]
+    (tmp_path / "s.csv").write_text("image,score\n" + "".join(f"{n},{s}\n" for n, s in zip(names, scores)))
+    assert main(["csv", "--src", str(tmp_path / "s.csv"), "--root", str(tmp_path / "images"), "--out", str(tmp_path / "o"),
+                 "--target-column", "score", "--val-fraction", "0.3", "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["target"] == "value" and manifest["num_classes"] == 0
+    assert {s: v["num_samples"] for s, v in manifest["splits"].items()} == {"train": 7, "val": 3}
+    by_source = dict(zip(names, scores))
+    train = [json.loads(members["json"]) for _, members in read_shards(tmp_path / "o", "train")]
+    assert all(meta["target"] == by_source[meta["source"]] and "cls" not in meta for meta in train)
+    values = [meta["target"] for meta in train]
+    stats = manifest["target_stats"]  # of the train split: what the model's output is scaled by
+    assert stats["mean"] == pytest.approx(sum(values) / 7) and (stats["min"], stats["max"]) == (min(values), max(values))
+    assert stats["std"] == pytest.approx((sum((v - stats["mean"]) ** 2 for v in values) / 7) ** 0.5)
+    assert verify(str(tmp_path / "o")) == []
+
+    (tmp_path / "bad.csv").write_text("image,score\nb/photo 0.jpg,1\na/photo 1.jpg,n/a\n")
+    assert main(["csv", "--src", str(tmp_path / "bad.csv"), "--root", str(tmp_path / "images"), "--out", str(tmp_path / "o2"),
+                 "--target-column", "score", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv:3: score 'n/a' is not a number" in err and len(err.splitlines()) == 1
+    (tmp_path / "flat.csv").write_text("image,score,split\nb/photo 0.jpg,3,train\na/photo 1.jpg,3,train\nb/photo 2.jpg,4,val\n")
+    with pytest.raises(DataPrepError, match="every train row has the target 3.0"):
+        shard_table(tmp_path / "flat.csv", tmp_path / "images", str(tmp_path / "o3"), OPTIONS, target_column="score")
+    with pytest.raises(DataPrepError, match="no column 'rating' .* --target-column"):
+        shard_table(tmp_path / "flat.csv", tmp_path / "images", str(tmp_path / "o3"), OPTIONS, target_column="rating")

@@ -54,5 +54,6 @@ def check_reported(history_file: Path, output: str, metrics: tuple[str, ...], ep
     table = output[output.rindex("train loss"):]
     header = table.splitlines()[0].split()
     assert all(name in header for name in metrics), header
-    assert len([line for line in table.splitlines()[1:] if line.split()[:1] in (["1"], ["2"])]) == epochs
+    rows = [line.split()[0] for line in table.splitlines()[1:] if line.split()[:1] and line.split()[0].isdigit()]
+    assert rows == [str(epoch) for epoch in range(1, epochs + 1)], table
     return records

@@ -49,7 +49,8 @@ def test_print_config_has_four_arms_and_three_seeds_at_the_recipe_input_size():
 
 @pytest.mark.slow
 def test_two_arms_two_seeds_write_every_report_file(tiny_shards, tmp_path):
-    result = run_job("--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp", *TINY)
+    mlflow = ["--set", f"run.mlflow={tmp_path / 'mlruns'}"]
+    result = run_job("--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp", *TINY, *mlflow)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     directory = tmp_path / "cmp"
@@ -68,11 +69,20 @@ def test_two_arms_two_seeds_write_every_report_file(tiny_shards, tmp_path):
     for history in directory.glob("train_*/history.jsonl"):
         assert [json.loads(line)["epoch"] for line in history.read_text().splitlines()] == [1, 2]
     assert "| learned_n4_r1 | 2 |" in result.stdout and "difference to bilinear" in result.stdout
+    # MLflow: one run per trial, in an experiment named after the comparison, each with its epochs
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"file:{tmp_path / 'mlruns'}")
+    runs = client.search_runs([client.get_experiment_by_name("cmp").experiment_id])
+    assert sorted((r.data.params["resizer.kind"], r.data.params["run.seed"]) for r in runs) == [
+        ("bilinear", "0"), ("bilinear", "1"), ("learned", "0"), ("learned", "1")]
+    assert all(len(client.get_metric_history(r.info.run_id, "top1")) == 2 for r in runs)
 
     # --resume of a finished comparison: nothing is rerun, the report is written again
     results = {p: p.read_text() for p in directory.glob("trial_*/result.json")}
     (directory / "comparison.json").unlink()
-    resumed = run_job("--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp", *TINY, "--resume")
+    resumed = run_job("--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp", *TINY, *mlflow, "--resume")
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-4000:]
     assert "resuming comparison 'cmp'" in output

@@ -10,7 +10,7 @@ from data_prep.demo_layouts import generate_ava_demo
 from data_prep.shards import ShardOptions
 from pipeline.config import DataConfig, JobConfig
 from pipeline.runs import plan
-from pipeline.tasks import ClassificationTask, QualityTask, emd_loss, mean_score
+from pipeline.tasks import ClassificationTask, QualityTask, emd_loss, get_task, mean_score
 
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(size=(6, 10)).astype(np.float32)
@@ -95,6 +95,35 @@ def test_top1_and_top5_on_fixed_logits():
     expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     assert metrics["eval_loss"] == pytest.approx(expected_loss)
     assert set(metrics) == set(ClassificationTask.metric_names)
+
+
+def test_regression_metrics_and_a_loss_in_units_of_the_targets_std():
+    true = RNG.normal(50_000.0, 8_000.0, size=32)
+    pred = true + RNG.normal(0.0, 2_000.0, size=32)
+    task = get_task("regression", {"target_stats": {"mean": 50_000.0, "std": 8_000.0}})
+    assert task.output_affine() == (50_000.0, 8_000.0) and task.num_outputs({}) == 1
+    outputs = task.eval_outputs(torch.tensor(pred)[:, None], {"value": torch.tensor(true)})
+    metrics = task.eval_metrics(outputs)
+    assert metrics["rmse"] == pytest.approx(np.sqrt(np.mean((pred - true) ** 2)), rel=1e-5)
+    assert metrics["mae"] == pytest.approx(np.mean(np.abs(pred - true)), rel=1e-5)
+    assert metrics["srcc"] == pytest.approx(stats.spearmanr(pred, true).statistic, abs=1e-6)
+    assert metrics["lcc"] == pytest.approx(stats.pearsonr(pred, true).statistic, abs=1e-5)
+    # The loss is the squared error over std²: the same numbers in other units give the same loss.
+    scaled = get_task("regression", {"target_stats": {"mean": 5.0, "std": 0.8}})
+    small = scaled.eval_metrics(scaled.eval_outputs(torch.tensor(pred / 1e4)[:, None], {"value": torch.tensor(true / 1e4)}))
+    assert small["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-4)
+    assert metrics["eval_loss"] == pytest.approx(np.mean(((pred - true) / 8_000.0) ** 2), rel=1e-4)
+    assert task.chance(1) == 8_000.0  # the RMSE of always predicting the mean
+
+
+def test_regression_targets_flag_rows_without_a_number():
+    rows = {"meta": np.array(['{"target": 2.5}', '{"target": "x"}', "{}", "not json", '{"target": NaN}'], dtype=object)}
+    targets, errors = get_task("regression").targets(rows)
+    assert targets["value"][0] == 2.5 and errors[0] == ""
+    assert errors[1:3] == ["sample has no numeric target"] * 2 and errors[3].startswith("unreadable metadata")
+    assert errors[4] == "sample has no numeric target"
+    with pytest.raises(ValueError, match="no target_stats"):
+        get_task("regression", {"target": "value"})
 
 
 def test_a_task_refuses_shards_of_the_other_target(tiny_shards, tmp_path):
