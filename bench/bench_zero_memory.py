@@ -15,7 +15,6 @@ Formulas (mixed-precision Adam, N ranks): stage 0 16Ψ; stage 1 4Ψ + 12Ψ/N; st
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys

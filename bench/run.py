@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Row, machine  # noqa: E402
 
-BENCHMARKS = ("data_path", "decode", "train_step", "zero_memory", "asha")  # numbered 1-5 in the table
+BENCHMARKS = ("data_path", "decode", "train_step", "zero_memory", "asha", "resizers")  # numbered 1-6 in the table
 NOT_MEASURED_ASHA = "not measured (run jobs/tune_cub_resizer.py --demo first)"
 
 
@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "zero_memory":
                 from bench import bench_zero_memory
                 out = bench_zero_memory.run(quick=args.quick)
+            elif name == "resizers":
+                from bench import bench_resizers
+                out = bench_resizers.run(quick=args.quick)
             else:
                 out = asha(args.tune_report)
             results["benchmarks"][name] = out["figures"]

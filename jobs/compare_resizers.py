@@ -1,11 +1,12 @@
-"""Does the learned resizer help? Learned vs bilinear, bicubic and area, side by side over seeds.
+"""Does a learned resizer help? The learned CNN and MULLER vs bilinear, bicubic and area, side by side over seeds.
 
 Every arm trains through the same pipeline with the same backbone, data, input size, budget and
 seeds; only the resizer differs. The arms x seeds grid runs as Ray Tune trials in parallel across
 the cluster, each to the end (no early stopping). The report (`pipeline.compare`) gives per arm the
-final metric's mean ± std and t-interval over seeds, and the paired difference to bilinear.
+final metric's mean ± std and t-interval over seeds, the paired difference to bilinear, and the per-image
+evidence: McNemar per seed and bootstrap intervals over seeds and images (`pipeline.paired`).
 
-Cluster (12 GPUs: 4 arms x 3 seeds, each the reference recipe at 1xb8; shards from `python -m data_prep cub`):
+Cluster (15 GPUs: 5 arms x 3 seeds, each the reference recipe at 1xb8; shards from `python -m data_prep cub`):
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/compare_resizers.py --data s3://BUCKET/cub-shards --storage s3://BUCKET/compare
@@ -13,10 +14,11 @@ Cluster (12 GPUs: 4 arms x 3 seeds, each the reference recipe at 1xb8; shards fr
     Each trial is the reference recipe on one GPU at batch 8 (Swin-L, 768 → 384, 100 epochs): the setting in
     which its author measured the resizer losing (91.66 → 90.58, docs/method.md). Expected runtime: 4.2 h of training
     per trial (5,994 images x 100 epochs at the 40 img/s measured on one H100, bench/results/train_step_h100.json),
-    about 5.5 h with evaluation; all 12 trials at once on 12+ GPUs. Expected result: learned within about
+    about 5.5 h with evaluation; all 15 trials at once on 15+ GPUs. Expected result: learned within about
     ±1 point of bilinear top-1.
 
-Options: more seeds `--set compare.seeds=[0,1,2,3,4]`; more learned arms `--set compare.learned=[[16,1],[32,2]]`;
+Options: more seeds `--set compare.seeds=[0,1,2,3,4]`; more learned arms `--set compare.learned=[[16,1],[32,2]]`
+and `--set compare.muller=[1,2,3]` (MULLER layers; `[]` drops the MULLER arm);
 other fixed arms `--set 'compare.fixed_arms=["bilinear","bicubic","area","bicubic_aa"]'`; the backbone at the
 full input resolution as an upper reference `--full-res` (Swin-L at 768: windows of 12 divide every stage's
 token grid 192/96/48/24, so timm builds it). It has 4x the FLOPs of 384, yet on one H100 at batch 8 a
@@ -38,8 +40,8 @@ Report on demand (also while it runs):
 
     python -m pipeline.compare outputs/compare_resizers
 
-Laptop (2 CPU cores, 13.9 min measured): 4 arms x 3 seeds on the 4-class demo dataset; learned top-1
-0.95 ± 0.03 vs bilinear 0.24 ± 0.03 (chance 0.25), see README. The AVA demo compares SRCC:
+Laptop (2 CPU cores, 14.5 min measured): 5 arms x 3 seeds on the 4-class demo dataset; learned CNN top-1
+0.84 ± 0.10, MULLER 0.28 ± 0.02, bilinear 0.24 ± 0.01 (chance 0.25), see README. The AVA demo compares SRCC:
 
     python jobs/compare_resizers.py --demo
     python jobs/compare_resizers.py --demo --recipe ava
@@ -60,7 +62,7 @@ from pipeline.config import CompareConfig, CompareJobConfig, JobConfig, RunConfi
 RECIPES = ("cub", "imagenet", "ava", "finetune")
 # job modules with config(backbone), demo_config, demo_data; finetune reads its task from the shards
 OTHER_RECIPES = {"imagenet": imagenet_resnet50, "ava": ava_nima, "finetune": finetune}
-ARMS = CompareConfig(learned=((16, 1),), fixed_arms=("bilinear", "bicubic", "area"), seeds=(0, 1, 2))
+ARMS = CompareConfig(learned=((16, 1),), muller=(2,), fixed_arms=("bilinear", "bicubic", "area"), seeds=(0, 1, 2))
 
 
 def _comparison(cfg: JobConfig, run: RunConfig) -> CompareJobConfig:
@@ -69,7 +71,7 @@ def _comparison(cfg: JobConfig, run: RunConfig) -> CompareJobConfig:
 
 
 def config(recipe: str = "cub", backbone: str | None = None, data_path: str | None = None) -> CompareJobConfig:
-    """A recipe's job, learned vs bilinear, bicubic, area, 3 seeds.
+    """A recipe's job, learned CNN and MULLER vs bilinear, bicubic, area, 3 seeds.
 
     cub: the reference recipe at 1xb8 (one GPU per trial). imagenet and ava: the 2x recipes of
     `imagenet_resnet50.py` and `ava_nima.py` (their default backbone or `backbone`) with their own
@@ -89,7 +91,7 @@ def config(recipe: str = "cub", backbone: str | None = None, data_path: str | No
 
 
 def demo_config(data_path: str, recipe: str = "cub") -> CompareJobConfig:
-    """The recipe's demo model, shrunk so that 12 trials fit 15 minutes on 2 cores.
+    """The recipe's demo model, shrunk so that 15 trials fit about 20 minutes on 2 cores.
 
     One worker per trial (two trials at a time). cub: the cub_swinl demo (64 px crops into a 32 px
     backbone, no flips) at batch 16, the global batch of its 2 x 8, for 10 epochs. imagenet and ava:

@@ -5,13 +5,14 @@ A checkpoint directory (one per saved epoch, kept by Ray Train under `<storage>/
 
     ds/                      DeepSpeed engine state: every rank writes its own ZeRO shard
     latest                   DeepSpeed's pointer to `ds`
-    model.pt                 rank 0: {"config", "num_outputs", "class_names", "epoch", "step", "state_dict"}
+    model.pt                 rank 0: {"config", "num_outputs", "class_names", "target_stats", "epoch", "step", "state_dict"}
                              fp32 master weights of resizer + backbone, loadable without DeepSpeed
     model.safetensors        the same weights, tensors only; `model.json` beside it holds the rest
     meta.json                epoch, step, best, world size, ZeRO stage (read without DeepSpeed)
 
 Run files beside the checkpoints: `tensorboard/`, `history.jsonl` (one line of metrics per epoch),
-and `stopped.txt` while a deliberate stop of the loop has not reached the driver.
+`eval_samples.npz` (the latest epoch's per-sample evaluation outputs) and `stopped.txt` while a
+deliberate stop of the loop has not reached the driver.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from pipeline.layout import (
     DEEPSPEED_TAG,
+    EVAL_SAMPLES_FILE,
     HISTORY_FILE,
     META_FILE,
     RAY_CHECKPOINT_SNAPSHOT,
@@ -221,6 +223,40 @@ def read_history(directory: str) -> list[dict[str, Any]]:
             record = json.loads(line)
             by_epoch[record["epoch"]] = record
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def write_eval_samples(directory: str, samples: dict[str, Any], *, epoch: int) -> None:
+    """`<run dir>/eval_samples.npz`: the epoch's per-sample evaluation outputs (the task's `eval_outputs`) and
+    each sample's key, replacing the previous epoch's; what paired comparisons between runs read."""
+    import io
+
+    import fsspec
+    import numpy as np
+
+    if not samples:
+        return
+    buffer = io.BytesIO()
+    np.savez(buffer, epoch=np.int64(epoch), **samples)
+    fs, path = fsspec.core.url_to_fs(directory)
+    target = posixpath.join(path, EVAL_SAMPLES_FILE)
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(target + ".tmp", buffer.getvalue())
+    fs.mv(target + ".tmp", target)
+
+
+def read_eval_samples(directory: str) -> dict[str, Any] | None:
+    """The per-sample evaluation outputs a run last wrote (`write_eval_samples`), or None."""
+    import io
+
+    import fsspec
+    import numpy as np
+
+    fs, path = fsspec.core.url_to_fs(directory)
+    target = posixpath.join(path, EVAL_SAMPLES_FILE)
+    if not fs.exists(target):
+        return None
+    with np.load(io.BytesIO(fs.cat_file(target)), allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
 
 
 def write_stop(directory: str, message: str) -> None:

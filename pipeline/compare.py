@@ -7,7 +7,11 @@ the arm and seed, result.json with one line per epoch) and writes into it:
 
 - `comparison.md` and `comparison.json`: per arm, the final-epoch metric's mean ± std over seeds, a
   t-interval of the mean, the best epoch's metric, and the paired difference to the baseline arm
-  (same seed: same data order and backbone init) with its t-interval;
+  (same seed: same data order and backbone init) with its t-interval; and from every trial's per-image
+  outputs (`eval_samples.npz`, `pipeline.paired`), per seed the difference on the same images with
+  McNemar's test (classification) and a paired bootstrap interval, and over seeds and images a
+  hierarchical bootstrap interval of each arm's metric and of its difference: intervals that stay
+  inside the metric's range;
 - `accuracy_per_arm.png` (every seed and the mean with its interval), `learning_curves.png` (mean ±
   std band per arm over epochs), `resizer_grid_all.png` (the same images through every resizer),
   and `comparison.html` holding all of it.
@@ -128,6 +132,33 @@ def summarize(
     return {"metric": metric, "baseline": baseline, "epochs": epochs, "confidence": confidence, "arms": rows}
 
 
+def paired_evidence(
+    directory: Path, runs: dict[str, dict[int, Trial]], summary: dict[str, Any], task: Any, *, replicates: int
+) -> None:
+    """Adds to each row of `summary` the hierarchical bootstrap interval of its final metric (`final_bootstrap`)
+    and, for arms other than the baseline, the per-image paired evidence (`paired`, see `pipeline.paired`).
+    Uses the trials whose kept per-sample outputs are of the final epoch; others are left out."""
+    from pipeline.checkpoint import read_eval_samples
+    from pipeline.paired import arm_interval, compare_arm
+
+    metric, epochs, confidence = summary["metric"], summary["epochs"], summary["confidence"]
+    samples: dict[str, dict[int, dict[str, Any]]] = {}
+    for arm, by_seed in runs.items():
+        for seed, trial in by_seed.items():
+            outputs = read_eval_samples(str(directory / trial_run_name(trial.trial_id)))
+            if outputs is not None and int(outputs["epoch"]) == epochs:
+                samples.setdefault(arm, {})[seed] = outputs
+    baseline = samples.get(summary["baseline"], {})
+    for row in summary["arms"]:
+        mine = samples.get(row["arm"], {})
+        row["final_bootstrap"] = arm_interval(task, mine, metric, replicates=replicates, confidence=confidence) if mine else None
+        if row["arm"] != summary["baseline"] and mine and baseline:
+            row["paired"] = compare_arm(task, mine, baseline, metric, replicates=replicates, confidence=confidence)
+        else:
+            row["paired"] = None
+    summary["bootstrap_replicates"] = replicates
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -153,7 +184,40 @@ def format_table(summary: dict[str, Any]) -> str:
         f"\nfinal = {metric} after epoch {summary['epochs']} (the budget-matched number); std over seeds (ddof=1); "
         f"CI = Student-t interval of the mean; the difference is per seed, arm minus {baseline}."
     )
+    paired = [row for row in summary["arms"] if row.get("final_bootstrap")]
+    if paired:
+        lines += [
+            "",
+            f"| arm | final {metric}, {level} CI (seeds x images) | per seed on the same images: difference to {baseline} "
+            f"[{level} CI]{', McNemar' if _has_mcnemar(paired) else ''} | difference, {level} CI (seeds x images) |",
+            "|---|---|---|---|",
+        ]
+        for row in paired:
+            own, evidence = row["final_bootstrap"], row.get("paired") or {}
+            per_seed = "; ".join(_seed_text(s) for s in evidence.get("per_seed", [])) or ("baseline" if row["arm"] == baseline else "-")
+            diff = evidence.get("difference")
+            lines.append(
+                f"| {row['arm']} | {_fmt(own['mean'])} [{_fmt(own['low'])}, {_fmt(own['high'])}] | {per_seed} | "
+                + (f"{diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] |" if diff else "- |")
+            )
+        lines.append(
+            f"\nseeds x images = hierarchical bootstrap ({summary['bootstrap_replicates']} replicates: seeds resampled, then "
+            "each drawn seed's evaluation images, the same images for both arms), percentile intervals; McNemar = "
+            "images right in the arm only / in the baseline only, exact p."
+        )
     return "\n".join(lines) + "\n"
+
+
+def _has_mcnemar(rows: list[dict[str, Any]]) -> bool:
+    return any("mcnemar" in s for row in rows for s in (row.get("paired") or {}).get("per_seed", []))
+
+
+def _seed_text(seed: dict[str, Any]) -> str:
+    text = f"s{seed['seed']}: {seed['mean']:+.3f} [{seed['low']:+.3f}, {seed['high']:+.3f}]"
+    if "mcnemar" in seed:
+        m = seed["mcnemar"]
+        text += f", {m['arm_only']}/{m['baseline_only']} p={m['p']:.2g}"
+    return text
 
 
 def verdicts(summary: dict[str, Any]) -> list[str]:
@@ -164,6 +228,15 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
     for row in summary["arms"]:
         diff = row["difference_to_baseline"]
         if not diff or not base or not row["final_estimate"]:
+            continue
+        pooled = (row.get("paired") or {}).get("difference")
+        if pooled:  # per-image evidence: the seeds x images interval decides
+            word = "beats" if pooled["low"] > 0 else "loses to" if pooled["high"] < 0 else "is not distinguishable from"
+            seeds = (row.get("paired") or {}).get("per_seed", [])
+            significant = [s for s in seeds if "mcnemar" in s and s["mcnemar"]["p"] < 0.05]
+            tests = f"; McNemar p < 0.05 in {len(significant)} of {len(seeds)} seeds" if any("mcnemar" in s for s in seeds) else ""
+            out.append(f"{row['arm']} {word} {summary['baseline']}: {pooled['mean']:+.3f} {summary['metric']} "
+                       f"({summary['confidence']:.0%} CI [{pooled['low']:+.3f}, {pooled['high']:+.3f}] over seeds and images{tests})")
             continue
         spread = max(row["final_estimate"]["std"], base["std"])
         if diff["n"] < 2:
@@ -210,7 +283,7 @@ def plot_arms(summary: dict[str, Any], path: Path) -> Path:
         est = row["final_estimate"]
         ax.scatter([x + 0.15] * len(row["final"]), list(row["final"].values()), color="gray", s=14, zorder=3)
         error = None if math.isnan(est["low"]) else [[est["mean"] - est["low"]], [est["high"] - est["mean"]]]
-        ax.errorbar([x], [est["mean"]], yerr=error, fmt="o", capsize=6, color="C3" if _learned(row["kind"]) else "C0")
+        ax.errorbar([x], [est["mean"]], yerr=error, fmt="o", capsize=6, color=resizer_kind(row["kind"]).color if row["kind"] else "C0")
     ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=20)
     ax.set_ylabel(f"final {summary['metric']}")
     ax.set_title(f"{summary['metric']} after {summary['epochs']} epochs: mean and {summary['confidence']:.0%} CI (gray: seeds)", fontsize=9)
@@ -284,11 +357,19 @@ def grid_all_resizers(directory: Path, summary: dict[str, Any], runs: dict[str, 
     return resizer_columns_grid(model, crops, columns, directory / "resizer_grid_all.png", difference_to=summary["baseline"])
 
 
-def _html(summary: dict[str, Any], table: str, lines: list[str], images: list[Path], title: str) -> str:
-    rows = [r for r in table.splitlines() if r.startswith("|") and not r.startswith("|---")]
+def _html_block(block: str) -> str:
+    """A Markdown table as an HTML table; any other paragraph as a paragraph."""
+    rows = [r for r in block.splitlines() if r.startswith("|") and not r.startswith("|---")]
+    if not rows:
+        return f"<p>{html.escape(block)}</p>"
     cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
     header = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
     body = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    return f"<table><tr>{header}</tr>\n{body}</table>"
+
+
+def _html(summary: dict[str, Any], table: str, lines: list[str], images: list[Path], title: str) -> str:
+    blocks = "\n".join(_html_block(block.strip()) for block in table.split("\n\n") if block.strip())
     pictures = "\n".join(
         f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in images
     )
@@ -298,9 +379,8 @@ def _html(summary: dict[str, Any], table: str, lines: list[str], images: list[Pa
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px}}img{{max-width:100%;display:block;margin:1em 0}}</style>
 </head><body><h1>{html.escape(title)}</h1>
-<table><tr>{header}</tr>
-{body}</table>
-<p>{html.escape(table.splitlines()[-1])}</p><ul>{notes}</ul>
+{blocks}
+<ul>{notes}</ul>
 {pictures}
 </body></html>
 """
@@ -326,6 +406,7 @@ def write_comparison(directory: str | Path, *, grid: bool = True) -> dict[str, A
     summary = summarize(
         runs, metric=metric, baseline=job.compare.baseline, epochs=job.optim.epochs, confidence=job.compare.confidence, kinds=kinds
     )
+    paired_evidence(directory, runs, summary, get_task(job.task), replicates=job.compare.bootstrap)
     table = format_table(summary)
     lines = verdicts(summary)
     summary["verdicts"] = lines

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from pipeline.resizer import FIXED_KINDS, RESIZER_KINDS
+from pipeline.resizer import FIXED_KINDS, LEARNED_KINDS, RESIZER_KINDS
 from pipeline.tasks import TASKS
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
@@ -63,6 +63,11 @@ class ResizerConfig:
         interpolation: resampling used inside the learned resizer (and its image skip).
         antialias: antialias the learned resizer's internal resampling (the paper: no).
         zero_init_last: zero-initialise the last 7x7 conv so training starts from the plain resize.
+        muller_layers: MULLER's L (kind "muller", Tu et al. 2023): 2 trainable scalars per layer.
+        muller_kernel_size: taps of MULLER's Gaussian blur (odd).
+        muller_sigma: its standard deviation.
+        muller_avg_pool: average-pool by input // output before MULLER's bilinear base resize.
+        muller_antialias: antialias MULLER's base resize.
     """
 
     kind: str = "learned"
@@ -72,6 +77,11 @@ class ResizerConfig:
     interpolation: Interpolation = "bilinear"
     antialias: bool = False
     zero_init_last: bool = True
+    muller_layers: int = 2
+    muller_kernel_size: int = 5
+    muller_sigma: float = 1.0
+    muller_avg_pool: bool = False
+    muller_antialias: bool = False
 
     def __post_init__(self) -> None:
         _check_literals(self, "resizer")
@@ -79,6 +89,10 @@ class ResizerConfig:
         _check_positive("resizer", "num_filters", self.num_filters)
         _check_positive("resizer", "num_res_blocks", self.num_res_blocks, allow_zero=True)
         _check_positive("resizer", "negative_slope", self.negative_slope, allow_zero=True)
+        _check_positive("resizer", "muller_layers", self.muller_layers)
+        _check_positive("resizer", "muller_sigma", self.muller_sigma)
+        if self.muller_kernel_size < 1 or self.muller_kernel_size % 2 == 0:
+            raise ValueError(f"resizer.muller_kernel_size={self.muller_kernel_size} must be odd and positive (e.g. 5)")
         if self.antialias and self.interpolation not in ("bilinear", "bicubic"):
             raise ValueError(
                 f"resizer.antialias=True needs resizer.interpolation in ['bilinear', 'bicubic'], "
@@ -317,6 +331,9 @@ class SearchConfig:
         resizer_lr: [low, high] log-uniform range of optim.resizer_lr.
         zero_init_last: choices for resizer.zero_init_last.
         interpolation: choices for resizer.interpolation.
+        families: the learned resizer families trials pick from ("learned": the CNN, "muller": MULLER);
+            the first is the base of the paired points, and each other one gets a paired point too.
+        muller_layers: choices for resizer.muller_layers (MULLER trials).
         fixed_arms: fixed resizers (e.g. "bilinear") run as trials with the base config, so every
             search also answers "does learning the resizer help here?".
         algorithm: "random" (Tune's variant generator) or "optuna" (TPE; `pip install optuna`).
@@ -336,6 +353,8 @@ class SearchConfig:
     resizer_lr: tuple[float, float] = (5e-6, 5e-4)
     zero_init_last: tuple[bool, ...] = (True, False)
     interpolation: tuple[Interpolation, ...] = ("bilinear", "bicubic")
+    families: tuple[str, ...] = ("learned", "muller")
+    muller_layers: tuple[int, ...] = (1, 2, 3)
     fixed_arms: tuple[str, ...] = ("bilinear",)
     algorithm: SearchAlgorithm = "random"
     metric: str | None = None
@@ -350,19 +369,21 @@ class SearchConfig:
         _check_positive("search", "grace_period", self.grace_period)
         if self.reduction_factor < 2:
             raise ValueError(f"search.reduction_factor={self.reduction_factor} must be >= 2")
-        for name in ("num_filters", "num_res_blocks", "input_sizes", "zero_init_last", "interpolation"):
+        for name in ("num_filters", "num_res_blocks", "input_sizes", "zero_init_last", "interpolation", "families", "muller_layers"):
             if not getattr(self, name):
                 raise ValueError(f"search.{name} is empty; give at least one choice")
+        for family in self.families:
+            _check_literal("search", "families", family, LEARNED_KINDS)
         for name in ("lr", "resizer_lr"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"search.{name}={getattr(self, name)} must be [low, high] with 0 < low <= high")
         for arm in self.fixed_arms:
             _check_literal("search", "fixed_arms", arm, FIXED_KINDS)
-        if len(self.fixed_arms) >= self.num_samples:
+        if len(self.fixed_arms) + len(self.families) > self.num_samples:
             raise ValueError(
-                f"search.num_samples={self.num_samples} leaves no learned-resizer trial after "
-                f"{len(self.fixed_arms)} fixed arms; raise it"
+                f"search.num_samples={self.num_samples} is fewer than the paired points: one per family "
+                f"{list(self.families)} and per fixed arm {list(self.fixed_arms)}; raise it"
             )
         if self.max_concurrent is not None:
             _check_positive("search", "max_concurrent", self.max_concurrent)
@@ -376,27 +397,33 @@ class CompareConfig:
     arm, the backbone's input size), over the same seeds: same backbone, data, budget and init.
 
     Attributes:
-        learned: (n, r) of each learned-resizer arm (num_filters, num_res_blocks); the job's other
+        learned: (n, r) of each learned-resizer (CNN) arm (num_filters, num_res_blocks); the job's other
             resizer settings apply. The paper's default is ((16, 1),).
+        muller: L of each MULLER arm (resizer.muller_layers; the job's other muller_* settings apply);
+            () runs none. MULLER's paper default is (2,).
         fixed_arms: fixed resizers trained as arms ("area" is antialiased area averaging).
         baseline: the arm every other arm is compared with, paired by seed; one of fixed_arms.
         seeds: run.seed of each repetition (model init, augmentation, file order); every arm runs
             every seed.
         full_res: add the backbone at the full input resolution (model.img_size = data.crop_size,
             no downscale) as an upper reference; costly at 768 px.
-        confidence: level of the t-intervals in the report.
+        confidence: level of the report's intervals (t-intervals over seeds, bootstrap over seeds and images).
+        bootstrap: replicates of the report's bootstrap intervals (`pipeline.paired`).
         max_concurrent: trials at once; None derives it from the cluster's CPUs/GPUs.
     """
 
     learned: tuple[tuple[int, int], ...] = ((16, 1),)
+    muller: tuple[int, ...] = (2,)
     fixed_arms: tuple[str, ...] = ("bilinear", "bicubic", "area")
     baseline: str = "bilinear"
     seeds: tuple[int, ...] = (0, 1, 2)
     full_res: bool = False
     confidence: float = 0.95
+    bootstrap: int = 1000
     max_concurrent: int | None = None
 
     def __post_init__(self) -> None:
+        _check_positive("compare", "bootstrap", self.bootstrap)
         for arm in self.fixed_arms:
             _check_literal("compare", "fixed_arms", arm, FIXED_KINDS)
         if self.baseline not in self.fixed_arms:
@@ -406,8 +433,11 @@ class CompareConfig:
         for n, r in self.learned:
             if n <= 0 or r < 0:
                 raise ValueError(f"compare.learned has (n={n}, r={r}); need n > 0 and r >= 0")
-        if len(set(self.learned)) != len(self.learned) or len(set(self.fixed_arms)) != len(self.fixed_arms):
-            raise ValueError(f"compare: an arm is listed twice in {list(self.learned)} / {list(self.fixed_arms)}")
+        if any(layers <= 0 for layers in self.muller):
+            raise ValueError(f"compare.muller={list(self.muller)}: every MULLER arm needs at least 1 layer")
+        arms = (self.learned, self.muller, self.fixed_arms)
+        if any(len(set(arm)) != len(arm) for arm in arms):
+            raise ValueError(f"compare: an arm is listed twice in {list(self.learned)} / {list(self.muller)} / {list(self.fixed_arms)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"compare.seeds={list(self.seeds)} must be distinct seeds, at least one")
         if not 0.0 < self.confidence < 1.0:

@@ -9,6 +9,8 @@ A training run (`pipeline.runs`) lives at `<storage>/<name>/`:
     checkpoint_manager_snapshot.json   Ray Train's record of the complete checkpoints
     job.json                    the training config the run was last launched with (a rerun compares)
     history.jsonl               one line of metrics per epoch
+    eval_samples.npz            the latest epoch's per-sample evaluation outputs, by sample key (paired tests)
+    mlflow_run.json             the MLflow run this run logs to (with run.mlflow)
     tensorboard/                TensorBoard event files
     resizer_grid.png            the resizer grid of the best checkpoint (learned resizers)
     stopped.txt                 why the loop ended the run early (read and removed by the driver)
@@ -32,6 +34,7 @@ DEEPSPEED_TAG = "ds"
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
 HISTORY_FILE = "history.jsonl"
+EVAL_SAMPLES_FILE = "eval_samples.npz"
 RUN_CONFIG_FILE = "job.json"
 STOP_FILE = "stopped.txt"
 TENSORBOARD_DIR = "tensorboard"

@@ -150,7 +150,8 @@ def predict(
             if not keep.any():
                 continue
             logits = model(torch.as_tensor(batch["pixels"][keep], device=device)).float()
-            out.rows += _rows(trained, [str(k) for k in batch["key"][keep]], logits, top)
+            rows = task.prediction_rows(logits, trained.class_names, top)
+            out.rows += [{"image": str(key), **row} for key, row in zip(batch["key"][keep], rows)]
             if shards is not None:
                 targets = {c: torch.as_tensor(batch[c][keep], device=device) for c in task.columns}
                 for name, value in task.eval_outputs(logits, targets).items():
@@ -159,27 +160,6 @@ def predict(
     if shards is not None and outputs:
         out.metrics = task.eval_metrics({k: np.concatenate(v) for k, v in outputs.items()})
     return out
-
-
-def _rows(trained: Any, keys: list[str], logits: torch.Tensor, top: int) -> list[dict[str, Any]]:
-    if trained.cfg.task == "regression":
-        return [{"image": k, "prediction": round(float(v), 6)} for k, v in zip(keys, logits[:, 0].cpu())]
-    probabilities = logits.softmax(-1).cpu()
-    if trained.cfg.task == "quality":
-        from pipeline.tasks import mean_score
-
-        return [{"image": k, "mean_score": round(float(s), 4)} for k, s in zip(keys, mean_score(probabilities))]
-    k = min(top, trained.num_outputs)
-    values, indices = probabilities.topk(k, dim=-1)
-    names = trained.class_names or [str(i) for i in range(trained.num_outputs)]
-    rows = []
-    for key, p, i in zip(keys, values.tolist(), indices.tolist()):
-        row: dict[str, Any] = {"image": key}
-        for rank in range(k):
-            row[f"class_{rank + 1}"] = names[i[rank]]
-            row[f"prob_{rank + 1}"] = round(p[rank], 5)
-        rows.append(row)
-    return rows
 
 
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:

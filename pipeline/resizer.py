@@ -1,4 +1,5 @@
-"""The learned resizer of Talebi & Milanfar (ICCV 2021) and the fixed resizers it is compared with.
+"""The learned resizer of Talebi & Milanfar (ICCV 2021), MULLER (Tu, Milanfar & Talebi, ICCV 2023) and the
+fixed resizers they are compared with.
 
 Architecture (n filters, r residual blocks), as in docs/method.md#architecture:
 
@@ -9,6 +10,12 @@ Architecture (n filters, r residual blocks), as in docs/method.md#architecture:
 
 The residual blocks are chained: block k is fed block k-1's output (widely copied code feeds every
 block the bottleneck `f`, which silently turns r blocks into one wide block).
+
+MULLER (docs/method.md#muller): L layers of two trainable scalars (w_l, b_l), zero at the start, so an
+untrained MULLER is its base resize exactly; each layer boosts one band of a Laplacian pyramid taken at
+the input resolution:
+
+    out = base(x);  for l in 1..L:  b = blur(x);  out += tanh(w_l * base(b - x) + b_l);  x = b
 
 Every resizer kind is one entry of `RESIZERS`: whether it learns, how it is built from config, how
 reports name and colour it, and which config fields a search varies for it. Nothing else in the
@@ -130,6 +137,102 @@ class LearnedResizer(nn.Module):
         return self.out_conv(y) + image_skip
 
 
+def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
+    """The normalized 1-D Gaussian of `size` taps (centred) and standard deviation `sigma`."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    kernel = torch.exp(-(x**2) / (2.0 * sigma**2))
+    return (kernel / kernel.sum()).float()
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding (before, after) of one axis: output ceil(size / stride), the odd pixel after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class MullerResizer(nn.Module):
+    """MULLER, the multilayer Laplacian resizer (Tu, Milanfar & Talebi, ICCV 2023, arXiv 2304.02859).
+
+    Matches the published TensorFlow layer (google-research `muller/models/muller.py`) to float32 rounding,
+    checked against its outputs in tests/pipeline/test_muller.py.
+
+    Args:
+        output_size: (height, width) of the output; any size and aspect ratio, down or up.
+        num_layers: L, each with a trainable weight and bias (2L parameters), both zero at the start.
+        kernel_size: taps of the separable Gaussian blur (zero padding, same size out).
+        sigma: its standard deviation.
+        avg_pool: when downscaling by at least 2 on both axes, average-pool with stride = input // output
+            (TensorFlow "SAME" padding, padded pixels not counted) before the base resize.
+        antialias: antialias the base bilinear resize.
+    """
+
+    def __init__(
+        self,
+        output_size: tuple[int, int],
+        *,
+        num_layers: int = 2,
+        kernel_size: int = 5,
+        sigma: float = 1.0,
+        avg_pool: bool = False,
+        antialias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+        self.avg_pool = avg_pool
+        self.antialias = antialias
+        self.weight = nn.Parameter(torch.zeros(num_layers))
+        self.bias = nn.Parameter(torch.zeros(num_layers))
+        self.register_buffer("kernel", gaussian_kernel(kernel_size, sigma), persistent=False)
+        self.padding = ((kernel_size - 1) // 2, kernel_size // 2)  # TensorFlow "SAME" at stride 1
+
+    @classmethod
+    def from_config(cls, cfg: ResizerConfig, output_size: tuple[int, int]) -> MullerResizer:
+        return cls(
+            output_size,
+            num_layers=cfg.muller_layers,
+            kernel_size=cfg.muller_kernel_size,
+            sigma=cfg.muller_sigma,
+            avg_pool=cfg.muller_avg_pool,
+            antialias=cfg.muller_antialias,
+        )
+
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed resize every band goes through: optional average pooling, then bilinear."""
+        (height, width), (out_h, out_w) = x.shape[-2:], self.output_size
+        stride_h, stride_w = height // out_h, width // out_w
+        if self.avg_pool and stride_h > 1 and stride_w > 1:
+            top, bottom = same_padding(height, stride_h, stride_h)
+            left, right = same_padding(width, stride_w, stride_w)
+            if top or bottom or left or right:  # average over the real pixels of each window only
+                ones = torch.ones_like(x[:1, :1])
+                pad = (left, right, top, bottom)
+                x = F.avg_pool2d(F.pad(x, pad), (stride_h, stride_w)) / F.avg_pool2d(F.pad(ones, pad), (stride_h, stride_w))
+            else:
+                x = F.avg_pool2d(x, (stride_h, stride_w))
+        return F.interpolate(x, size=self.output_size, mode="bilinear", align_corners=False, antialias=self.antialias)
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel separable Gaussian blur, horizontal then vertical, zero padding, same size out."""
+        channels, taps = x.shape[1], self.kernel.numel()
+        kernel = self.kernel.to(x.dtype)
+        before, after = self.padding
+        x = F.conv2d(F.pad(x, (before, after, 0, 0)), kernel.view(1, 1, 1, taps).expand(channels, 1, 1, taps), groups=channels)
+        return F.conv2d(F.pad(x, (0, 0, before, after)), kernel.view(1, 1, taps, 1).expand(channels, 1, taps, 1), groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, Hin, Win) normalized pixels -> (B, C, Hout, Wout)."""
+        out = self.base(x)
+        for weight, bias in zip(self.weight.to(x.dtype), self.bias.to(x.dtype)):
+            blurred = self.blur(x)
+            out = out + torch.tanh(weight * self.base(blurred - x) + bias)
+            x = blurred
+        return out
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, num_layers={self.weight.numel()}, taps={self.kernel.numel()}"
+
+
 class FixedResizer(nn.Module):
     """A parameter-free resizer with the learned resizer's interface: the baseline arm.
 
@@ -196,6 +299,14 @@ RESIZERS: dict[str, ResizerKind] = {
             color="C3",
             searched=("resizer.num_filters", "resizer.num_res_blocks", "resizer.zero_init_last", "resizer.interpolation"),
             describe=lambda v: f"n{v.get('resizer.num_filters')} r{v.get('resizer.num_res_blocks')}",
+        ),
+        ResizerKind(
+            "muller",
+            learned=True,
+            build=lambda cfg, size: MullerResizer.from_config(cfg, size),
+            color="C6",
+            searched=("resizer.muller_layers",),
+            describe=lambda v: f"L{v.get('resizer.muller_layers')}",
         ),
         _fixed("bilinear", "C0"),
         _fixed("bicubic", "C1"),

@@ -73,6 +73,9 @@ class Task(Protocol):
     def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """The metrics of a whole split from the gathered `eval_outputs`."""
 
+    def prediction_rows(self, logits: torch.Tensor, class_names: list[str] | None, top: int) -> list[dict[str, Any]]:
+        """What `pipeline.predict` writes per image: the top classes and probabilities, a mean score, a value."""
+
     def chance(self, num_outputs: int) -> float:
         """`target_metric` of a model that learned nothing (guessing)."""
 
@@ -144,6 +147,20 @@ class ClassificationTask:
             "loss": self.loss(logits, batch).cpu().numpy(),
         }
 
+    def prediction_rows(self, logits: torch.Tensor, class_names: list[str] | None, top: int) -> list[dict[str, Any]]:
+        """class_1, prob_1, ... class_k, prob_k (k = min(top, classes)), most probable first."""
+        probabilities = logits.float().softmax(-1).cpu()
+        values, indices = probabilities.topk(min(top, probabilities.shape[-1]), dim=-1)
+        names = class_names or [str(i) for i in range(probabilities.shape[-1])]
+        rows = []
+        for p, i in zip(values.tolist(), indices.tolist()):
+            row: dict[str, Any] = {}
+            for rank, (probability, index) in enumerate(zip(p, i), start=1):
+                row[f"class_{rank}"] = names[index]
+                row[f"prob_{rank}"] = round(probability, 5)
+            rows.append(row)
+        return rows
+
     def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         return {
             "top1": float(outputs["correct1"].mean()),
@@ -205,6 +222,10 @@ class QualityTask:
             "emd": emd_loss(logits, batch["scores"], r=2.0).cpu().numpy(),
             "loss": self.loss(logits, batch).cpu().numpy(),
         }
+
+    def prediction_rows(self, logits: torch.Tensor, class_names: list[str] | None, top: int) -> list[dict[str, Any]]:
+        """mean_score: the mean of the predicted score distribution (1..10)."""
+        return [{"mean_score": round(float(s), 4)} for s in mean_score(logits.float().softmax(-1).cpu())]
 
     def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         pred, true = outputs["pred_mean"], outputs["true_mean"]
@@ -279,6 +300,10 @@ class RegressionTask:
             "true": batch["value"].float().cpu().numpy(),
             "loss": self.loss(logits, batch).cpu().numpy(),
         }
+
+    def prediction_rows(self, logits: torch.Tensor, class_names: list[str] | None, top: int) -> list[dict[str, Any]]:
+        """prediction: the value, in the target's units."""
+        return [{"prediction": round(float(v), 6)} for v in logits.float()[:, 0].cpu()]
 
     def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         error = outputs["pred"].astype(np.float64) - outputs["true"]

@@ -30,6 +30,7 @@ from pipeline.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     saved_world_size,
+    write_eval_samples,
     write_meta,
     write_stop,
 )
@@ -204,7 +205,7 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     torch.manual_seed(cfg.run.seed)
     return Worker(
         cfg=cfg,
-        task=get_task(cfg.task, {"target_stats": config.get("target_stats")} if cfg.task == "regression" else None),
+        task=get_task(cfg.task, {"target_stats": config.get("target_stats")}),
         rank=context.get_world_rank(),
         world_size=context.get_world_size(),
         directory=config["run_dir"],
@@ -419,6 +420,7 @@ def evaluate(engine: Any, data: Any, worker: Worker) -> EpochEval:
             kept = {k: v[keep] for k, v in tensors.items()}
             for name, value in worker.task.eval_outputs(logits[keep], kept).items():
                 outputs.setdefault(name, []).append(value)
+            outputs.setdefault("key", []).append(np.asarray(batch["key"])[np.asarray(batch["valid"], bool)].astype(str))
     return EpochEval({k: np.concatenate(v) for k, v in outputs.items()}, skipped)
 
 
@@ -429,6 +431,7 @@ class EpochResult:
     metrics: dict[str, Any]
     skipped: list[tuple[str, str]]
     is_best: bool
+    samples: dict[str, np.ndarray] = field(default_factory=dict)  # per evaluated sample: key and the task's outputs
 
 
 def epoch_result(engine: Any, worker: Worker, state: TrainState, trained: EpochTrain, evaluated: EpochEval, *, epoch: int) -> EpochResult:
@@ -457,13 +460,13 @@ def epoch_result(engine: Any, worker: Worker, state: TrainState, trained: EpochT
         "skipped_train": len(train_skipped),
         "skipped_eval": len(eval_skipped),
         "num_eval_samples": len(merged["loss"]) if merged else 0,
-        **task.eval_metrics(merged),
+        **task.eval_metrics({k: v for k, v in merged.items() if k != "key"}),
     }
     score = metrics[task.target_metric] * (1 if task.mode == "max" else -1)
     is_best = score > state.best
     state.best = max(state.best, score)
     metrics["best_" + task.target_metric] = state.best * (1 if task.mode == "max" else -1)
-    return EpochResult(metrics, train_skipped + eval_skipped, is_best)
+    return EpochResult(metrics, train_skipped + eval_skipped, is_best, merged)
 
 
 # ---------------------------------------------------------------- log, report and save
@@ -499,6 +502,7 @@ class EpochLog:
         self.tensorboard.sync()
         self.mlflow.log_epoch(metrics)
         append_history(self.worker.directory, {**metrics, "skipped": [list(s) for s in result.skipped]})
+        write_eval_samples(self.worker.directory, result.samples, epoch=metrics["epoch"])
 
     def close(self) -> None:
         if self.writer is not None:

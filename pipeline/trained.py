@@ -52,7 +52,7 @@ class Trained:
 
     @property
     def task(self) -> Task:
-        return get_task(self.cfg.task, {"target_stats": self.target_stats} if self.target_stats else None)
+        return get_task(self.cfg.task, {"target_stats": self.target_stats})
 
 
 def best_checkpoint(run_directory: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from pipeline.config import CompareJobConfig, JobConfig, SearchJobConfig, apply_values, from_dict, to_dict
 from pipeline.launch import run
 from pipeline.layout import EXPERIMENT_FILE, run_dir, trial_dir_name, trial_run_name
-from pipeline.resizer import LEARNED_KINDS, RESIZERS, resizer_kind
+from pipeline.resizer import RESIZERS
 from pipeline.runs import Run, plan, with_absolute_storage
 
 E = TypeVar("E", SearchJobConfig, CompareJobConfig)
@@ -70,9 +70,13 @@ def _log_mid(low: float, high: float) -> float:
     return math.exp((math.log(low) + math.log(high)) / 2)
 
 
-def _learned_kind(cfg: JobConfig) -> str:
-    """The learned family a search tunes: the job's resizer when it learns, else the first learned kind."""
-    return cfg.resizer.kind if resizer_kind(cfg.resizer.kind).learned else LEARNED_KINDS[0]
+def _families(cfg: SearchJobConfig) -> list[str]:
+    """The learned families a search picks from, the job's own resizer first when it is one of them."""
+    families = list(cfg.search.families)
+    if cfg.resizer.kind in families:
+        families.remove(cfg.resizer.kind)
+        families.insert(0, cfg.resizer.kind)
+    return families
 
 
 def search_space(cfg: SearchJobConfig) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def search_space(cfg: SearchJobConfig) -> dict[str, Any]:
     from ray import tune
 
     search = cfg.search
-    kinds = [_learned_kind(cfg), *search.fixed_arms] if search.algorithm == "optuna" else [_learned_kind(cfg)]
+    kinds = _families(cfg) + (list(search.fixed_arms) if search.algorithm == "optuna" else [])
 
     def log_range(bounds: tuple[float, float]) -> Any:
         low, high = bounds
@@ -95,12 +99,13 @@ def search_space(cfg: SearchJobConfig) -> dict[str, Any]:
         "optim.resizer_lr": log_range(search.resizer_lr),
         "resizer.zero_init_last": tune.choice(list(search.zero_init_last)),
         "resizer.interpolation": tune.choice(list(search.interpolation)),
+        "resizer.muller_layers": tune.choice(list(search.muller_layers)),
     }
 
 
 def paired_points(cfg: SearchJobConfig) -> list[dict[str, Any]]:
-    """The first trials: a base learned resizer and each fixed arm with the same other values,
-    so the search always holds a like-for-like "learned vs fixed" pair."""
+    """The first trials: a base learned resizer, each other learned family and each fixed arm with the same
+    other values, so the search always holds like-for-like "learned vs fixed" and "CNN vs MULLER" pairs."""
     search = cfg.search
 
     def pick(choices: tuple, current: Any) -> Any:
@@ -109,8 +114,9 @@ def paired_points(cfg: SearchJobConfig) -> list[dict[str, Any]]:
     def within(bounds: tuple[float, float], current: float | None) -> float:
         return current if current is not None and bounds[0] <= current <= bounds[1] else _log_mid(*bounds)
 
+    first, *other_families = _families(cfg)
     base = {
-        "resizer.kind": _learned_kind(cfg),
+        "resizer.kind": first,
         "resizer.num_filters": pick(search.num_filters, cfg.resizer.num_filters),
         "resizer.num_res_blocks": pick(search.num_res_blocks, cfg.resizer.num_res_blocks),
         "data.crop_size": pick(search.input_sizes, cfg.data.crop_size),
@@ -118,8 +124,9 @@ def paired_points(cfg: SearchJobConfig) -> list[dict[str, Any]]:
         "optim.resizer_lr": within(search.resizer_lr, cfg.optim.resizer_lr),
         "resizer.zero_init_last": pick(search.zero_init_last, cfg.resizer.zero_init_last),
         "resizer.interpolation": pick(search.interpolation, cfg.resizer.interpolation),
+        "resizer.muller_layers": pick(search.muller_layers, cfg.resizer.muller_layers),
     }
-    return [base] + [{**base, "resizer.kind": arm} for arm in search.fixed_arms]
+    return [base] + [{**base, "resizer.kind": arm} for arm in (*other_families, *search.fixed_arms)]
 
 
 def comparison_arms(cfg: CompareJobConfig) -> dict[str, dict[str, Any]]:
@@ -131,9 +138,10 @@ def comparison_arms(cfg: CompareJobConfig) -> dict[str, dict[str, Any]]:
     """
     compare = cfg.compare
     arms: dict[str, dict[str, Any]] = {}
-    kind = _learned_kind(cfg)
     for n, r in compare.learned:
-        arms[f"{kind}_n{n}_r{r}"] = {"resizer.kind": kind, "resizer.num_filters": n, "resizer.num_res_blocks": r}
+        arms[f"learned_n{n}_r{r}"] = {"resizer.kind": "learned", "resizer.num_filters": n, "resizer.num_res_blocks": r}
+    for layers in compare.muller:
+        arms[f"muller_l{layers}"] = {"resizer.kind": "muller", "resizer.muller_layers": layers}
     for kind in compare.fixed_arms:
         arms[kind] = {"resizer.kind": kind}
     if compare.full_res:

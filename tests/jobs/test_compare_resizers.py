@@ -23,6 +23,7 @@ TINY = [
     "--set", "data.crop_size=32",
     "--set", "data.batch_size=4",
     "--set", "compare.learned=[[4, 1]]",
+    "--set", "compare.muller=[]",  # MULLER trains in the AVA comparison below
     "--set", 'compare.fixed_arms=["bilinear"]',
     "--set", "compare.seeds=[0, 1]",
     "--set", "compare.max_concurrent=2",
@@ -38,11 +39,12 @@ def run_job(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
-def test_print_config_has_four_arms_and_three_seeds_at_the_recipe_input_size():
+def test_print_config_has_five_arms_and_three_seeds_at_the_recipe_input_size():
     code, out, err = run_job_main("compare_resizers.py", "--print-config")
     assert code == 0, err
     cfg = json.loads(out)
     assert cfg["compare"]["learned"] == [[16, 1]] and cfg["compare"]["fixed_arms"] == ["bilinear", "bicubic", "area"]
+    assert cfg["compare"]["muller"] == [2]
     assert cfg["compare"]["seeds"] == [0, 1, 2] and cfg["compare"]["full_res"] is False
     assert (cfg["data"]["crop_size"], cfg["run"]["num_workers"], cfg["data"]["batch_size"]) == (768, 1, 8)
 
@@ -63,6 +65,11 @@ def test_two_arms_two_seeds_write_every_report_file(tiny_shards, tmp_path):
     for row in rows.values():
         assert row["seeds"] == [0, 1] and row["final_estimate"]["n"] == 2
     assert rows["learned_n4_r1"]["difference_to_baseline"]["n"] == 2
+    # per-image evidence from every trial's kept evaluation outputs: McNemar per seed, seeds x images bootstrap
+    paired = rows["learned_n4_r1"]["paired"]
+    assert [s["seed"] for s in paired["per_seed"]] == [0, 1] and all("mcnemar" in s for s in paired["per_seed"])
+    assert all(s["images"] == 29 for s in paired["per_seed"])  # 30 test images, one corrupt (skipped in both arms)
+    assert 0.0 <= rows["bilinear"]["final_bootstrap"]["low"] <= rows["bilinear"]["final_bootstrap"]["high"] <= 1.0
     # every trial trained its own seed for the full budget, in its own Train run inside the folder
     params = [json.loads(p.read_text()) for p in directory.glob("trial_*/params.json")]
     assert sorted((p["arm"], p["run.seed"]) for p in params) == [("bilinear", 0), ("bilinear", 1), ("learned_n4_r1", 0), ("learned_n4_r1", 1)]
@@ -96,7 +103,7 @@ def test_ava_comparison_reports_srcc(tmp_path):
     shard_ava(src, str(tmp_path / "shards"), ShardOptions(shard_size=16, workers=1, verbose=False))
     result = run_job(
         "--recipe", "ava", "--demo", "--data", str(tmp_path / "shards"), "--storage", str(tmp_path), "--name", "ava",
-        *TINY_RESNET, "--set", "optim.epochs=1", "--set", "compare.learned=[[4, 1]]",
+        *TINY_RESNET, "--set", "optim.epochs=1", "--set", "compare.learned=[]", "--set", "compare.muller=[2]",
         "--set", 'compare.fixed_arms=["bilinear"]', "--set", "compare.seeds=[0, 1]", "--set", "compare.max_concurrent=2",
     )
     output = result.stdout + result.stderr
@@ -104,9 +111,12 @@ def test_ava_comparison_reports_srcc(tmp_path):
     summary = json.loads((tmp_path / "ava" / "comparison.json").read_text())
     assert summary["metric"] == "srcc" and summary["epochs"] == 1
     rows = {r["arm"]: r for r in summary["arms"]}
-    assert set(rows) == {"learned_n4_r1", "bilinear"}
+    assert set(rows) == {"muller_l2", "bilinear"}  # MULLER trains in front of the quality head
+    srcc = rows["muller_l2"]["paired"]  # a paired bootstrap of the SRCC difference on the same 12 images per seed
+    assert len(srcc["per_seed"]) == 2 and -2.0 <= srcc["difference"]["low"] <= srcc["difference"]["high"] <= 2.0
     for row in rows.values():
         assert row["final_estimate"]["n"] == 2 and -1.0 <= row["final_estimate"]["mean"] <= 1.0
+    assert (tmp_path / "ava" / "resizer_grid_all.png").stat().st_size > 0
     assert "final srcc mean ± std" in result.stdout
     # every trial trained the AVA demo recipe (jobs/ava_nima.py) and logged every quality metric, over the whole test split
     histories = list((tmp_path / "ava").glob("train_*/history.jsonl"))
@@ -115,6 +125,10 @@ def test_ava_comparison_reports_srcc(tmp_path):
         for record in (json.loads(line) for line in history.read_text().splitlines()):
             assert all(math.isfinite(record[name]) for name in QualityTask.metric_names), record
             assert record["num_eval_samples"] == 12 and 0.0 <= record["emd"] <= 1.0 and -1.0 <= record["srcc"] <= 1.0
+    from pipeline.trained import load_trained
+
+    mullers = [t for t in (load_trained(str(h.parent)) for h in histories) if t.cfg.resizer.kind == "muller"]
+    assert len(mullers) == 2 and all(t.model.resizer.weight.abs().sum() > 0 for t in mullers)  # its scalars trained
 
 
 def test_class_demos_do_not_flip_their_mirror_classes():

@@ -65,15 +65,28 @@ def test_summary_uses_the_final_epoch_and_reports_the_best_beside_it():
     assert "| learned_n16_r1 | 3 |" in table and "+0.430" in table and "(+1 unfinished)" in table
 
 
-def test_report_files_from_a_comparison_folder(tmp_path):
-    job = CompareJobConfig(optim=OptimConfig(epochs=2), compare=CompareConfig(fixed_arms=("bilinear", "bicubic")))
-    (tmp_path / "search_job.json").write_text(json.dumps(to_dict(job)))
+def _comparison_folder(directory, *, bootstrap: int = 1000, per_image: bool = False) -> None:
+    """A comparison folder as run_comparison leaves it: the job, Tune's trial folders and, with `per_image`, each
+    trial's Train run holding the per-sample outputs of its last epoch (its final top-1 of 100 images)."""
+    from pipeline.checkpoint import write_eval_samples
+
+    job = CompareJobConfig(optim=OptimConfig(epochs=2), compare=CompareConfig(fixed_arms=("bilinear", "bicubic"), bootstrap=bootstrap))
+    (directory / "search_job.json").write_text(json.dumps(to_dict(job)))
+    keys = np.array([f"k{i}" for i in range(100)])
     for runs in _runs().values():
         for trial in runs.values():
-            folder = tmp_path / f"trial_{trial.trial_id}"
+            folder = directory / f"trial_{trial.trial_id}"
             folder.mkdir()
             (folder / "params.json").write_text(json.dumps(trial.params))
             (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in trial.results))
+            if per_image:
+                correct = np.arange(100) < round(trial.results[-1]["top1"] * 100)
+                outputs = {"key": keys, "correct1": correct, "correct5": np.ones_like(correct), "loss": 1.0 - correct}
+                write_eval_samples(str(directory / f"train_{trial.trial_id}"), outputs, epoch=len(trial.results))
+
+
+def test_report_files_from_a_comparison_folder(tmp_path):
+    _comparison_folder(tmp_path)
     summary = write_comparison(tmp_path)  # no checkpoints here: no resizer grid, the rest is written
     for name in REPORT_FILES:
         assert (tmp_path / name).stat().st_size > 0, name
@@ -81,3 +94,15 @@ def test_report_files_from_a_comparison_folder(tmp_path):
     assert saved["baseline"] == "bilinear" and len(saved["arms"]) == 3
     assert summary["verdicts"][0].startswith("learned_n16_r1 beats bilinear: +0.430 top1")
     assert "data:image/png;base64," in (tmp_path / "comparison.html").read_text()
+
+
+def test_the_report_reads_every_trials_per_image_outputs(tmp_path):
+    _comparison_folder(tmp_path, bootstrap=200, per_image=True)
+    summary = write_comparison(tmp_path, grid=False)
+    rows = {r["arm"]: r for r in summary["arms"]}
+    assert rows["learned_n16_r1"]["paired"]["difference"]["low"] > 0 and rows["bilinear"]["paired"] is None
+    assert rows["bicubic"]["final_bootstrap"] is None  # its one trial did not reach the final epoch
+    assert summary["verdicts"][0].startswith("learned_n16_r1 beats bilinear: +0.430 top1")
+    assert "McNemar p < 0.05 in 3 of 3 seeds" in summary["verdicts"][0]
+    table = (tmp_path / "comparison.md").read_text()
+    assert "seeds x images" in table and "s0: +0.370" in table

@@ -11,16 +11,20 @@ def test_search_space_covers_every_searched_field():
     space = search_space(SearchJobConfig(search=SearchConfig(lr=(1e-5, 1e-3))))
     assert set(space) == set(SEARCHED)
     assert space["optim.lr"].lower == 1e-5 and space["optim.lr"].upper == 1e-3  # log-uniform range
-    assert space["resizer.kind"].categories == ["learned"]  # fixed arms come as paired points
+    assert space["resizer.kind"].categories == ["learned", "muller"]  # the families; fixed arms come as paired points
+    assert space["resizer.muller_layers"].categories == [1, 2, 3]
     optuna = search_space(SearchJobConfig(search=SearchConfig(algorithm="optuna", fixed_arms=("bilinear", "area"))))
-    assert optuna["resizer.kind"].categories == ["learned", "bilinear", "area"]
+    assert optuna["resizer.kind"].categories == ["learned", "muller", "bilinear", "area"]
+    muller_first = search_space(apply_overrides(SearchJobConfig(), ["resizer.kind=muller"]))
+    assert muller_first["resizer.kind"].categories == ["muller", "learned"]  # the job's own family leads
 
 
 def test_paired_points_differ_only_in_the_resizer():
     cfg = SearchJobConfig(search=SearchConfig(num_samples=6, fixed_arms=("bilinear", "bicubic_aa")))
-    learned, *fixed = paired_points(cfg)
-    assert learned["resizer.kind"] == "learned" and [p["resizer.kind"] for p in fixed] == ["bilinear", "bicubic_aa"]
-    for point in fixed:
+    learned, *others = paired_points(cfg)
+    assert learned["resizer.kind"] == "learned" and [p["resizer.kind"] for p in others] == ["muller", "bilinear", "bicubic_aa"]
+    assert learned["resizer.muller_layers"] == 2
+    for point in others:
         assert {k: v for k, v in point.items() if k != "resizer.kind"} == {k: v for k, v in learned.items() if k != "resizer.kind"}
     assert learned["resizer.num_filters"] == 16 and learned["data.crop_size"] == 768
     assert 5e-6 <= learned["optim.resizer_lr"] <= 5e-4
@@ -41,8 +45,10 @@ def test_concurrency_is_derived_from_the_cluster():
 
 
 def test_search_config_validation():
-    with pytest.raises(ValueError, match="leaves no learned-resizer trial"):
-        SearchConfig(num_samples=1, fixed_arms=("bilinear",))
+    with pytest.raises(ValueError, match="fewer than the paired points"):
+        SearchConfig(num_samples=2, fixed_arms=("bilinear",))
+    with pytest.raises(ValueError, match="search.families"):
+        SearchConfig(families=("learned", "bilinear"))
     with pytest.raises(ValueError, match=r"search.lr=\(0.001, 1e-05\) must be \[low, high\]"):
         SearchConfig(lr=(1e-3, 1e-5))
 
@@ -92,7 +98,9 @@ def test_comparison_arms_change_only_the_resizer_or_the_backbone_input():
 
     cfg = apply_overrides(CompareJobConfig(), ["compare.learned=[[16, 1], [32, 2]]", "compare.full_res=true"])
     arms = comparison_arms(cfg)
-    assert list(arms) == ["learned_n16_r1", "learned_n32_r2", "bilinear", "bicubic", "area", "full_res"]
+    assert list(arms) == ["learned_n16_r1", "learned_n32_r2", "muller_l2", "bilinear", "bicubic", "area", "full_res"]
+    muller = trial_config(cfg, {"arm": "muller_l2", "run.seed": 1}, arms)
+    assert (muller.resizer.kind, muller.resizer.muller_layers) == ("muller", 2) and muller.model == cfg.model
     trial = trial_config(cfg, {"arm": "learned_n32_r2", "run.seed": 2}, arms)
     assert (trial.resizer.kind, trial.resizer.num_filters, trial.resizer.num_res_blocks, trial.run.seed) == ("learned", 32, 2, 2)
     assert trial.data == cfg.data and trial.optim == cfg.optim and trial.model == cfg.model
