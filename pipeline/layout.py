@@ -53,9 +53,29 @@ def is_uri(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+# Where a relative run.storage goes when the driver runs in Ray's package cache (`ray job submit --working-dir`).
+SUBMITTED_STORAGE_ROOT = "~/learned-resizer"
+
+
+def in_ray_package_cache(path: str) -> bool:
+    """Whether `path` is inside a working directory Ray unpacked for a job (`.../_ray_pkg_<hash>/...`): Ray
+    may evict it, and the next submission of changed code gets another one."""
+    return any(part.startswith("_ray_pkg_") for part in os.path.normpath(path).split(os.sep))
+
+
 def absolute_storage(storage: str) -> str:
-    """A URI unchanged; a local path made absolute (Ray workers run in their own working directories)."""
-    return storage if is_uri(storage) else os.path.abspath(storage.removeprefix("file://"))
+    """A URI unchanged; a local path made absolute (Ray workers run in their own working directories).
+
+    A relative path is taken from the working directory, except in Ray's package cache (a job submitted with
+    `--working-dir`), where it goes under `~/learned-resizer/` of the driver's node: a rerun after a code change
+    must find its checkpoints, and Ray may delete the cache.
+    """
+    if is_uri(storage):
+        return storage
+    path = storage.removeprefix("file://")
+    if not os.path.isabs(path) and in_ray_package_cache(os.getcwd()):
+        return os.path.join(os.path.expanduser(SUBMITTED_STORAGE_ROOT), os.path.normpath(path))
+    return os.path.abspath(path)
 
 
 def join(base: str, *parts: str) -> str:

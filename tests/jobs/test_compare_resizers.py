@@ -27,6 +27,7 @@ TINY = [
     "--set", 'compare.fixed_arms=["bilinear"]',
     "--set", "compare.seeds=[0, 1]",
     "--set", "compare.max_concurrent=2",
+    "--set", "compare.bootstrap=200",
     "--set", "optim.epochs=2",
 ]
 
@@ -105,6 +106,7 @@ def test_ava_comparison_reports_srcc(tmp_path):
         "--recipe", "ava", "--demo", "--data", str(tmp_path / "shards"), "--storage", str(tmp_path), "--name", "ava",
         *TINY_RESNET, "--set", "optim.epochs=1", "--set", "compare.learned=[]", "--set", "compare.muller=[2]",
         "--set", 'compare.fixed_arms=["bilinear"]', "--set", "compare.seeds=[0, 1]", "--set", "compare.max_concurrent=2",
+        "--set", "compare.bootstrap=200",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
