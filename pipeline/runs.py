@@ -112,6 +112,8 @@ def plan(cfg: JobConfig, *, resources: dict[str, float], manifest: dict[str, Any
         ValueError: (DataError included) naming the field and the fix.
     """
     cfg = with_absolute_storage(cfg.training())
+    if cfg.model.checkpoint_path:
+        cfg = _with_checkpoint_file(cfg)
     if cfg.run.mlflow:
         _check_mlflow(cfg)
     manifest = read_manifest(cfg.data.path) if manifest is None else manifest
@@ -225,6 +227,18 @@ def write_run_config(run: Run) -> None:
     fs, path = fsspec.core.url_to_fs(run.directory)
     fs.makedirs(path, exist_ok=True)
     fs.pipe_file(posixpath.join(path, RUN_CONFIG_FILE), (json.dumps(to_dict(run.cfg), indent=1, sort_keys=True) + "\n").encode())
+
+
+def _with_checkpoint_file(cfg: JobConfig) -> JobConfig:
+    """`model.checkpoint_path` made absolute (workers run in other folders) and checked before any worker starts."""
+    path = os.path.abspath(os.path.expanduser(cfg.model.checkpoint_path or ""))
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"model.checkpoint_path={cfg.model.checkpoint_path!r} is not a file on this node ({path}); every Train "
+            "worker loads it from the same path, so put it where all nodes see it (a shared filesystem, or baked "
+            "into the nodes' image), or set model.checkpoint_path=none"
+        )
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint_path=path))
 
 
 def _check_mlflow(cfg: JobConfig) -> None:
