@@ -168,13 +168,15 @@ GPU_INTERLEAVED = Path(__file__).resolve().parent / "results" / "train_step_h100
 def run(*, quick: bool = False) -> dict[str, Any]:
     """CPU pairs measured now, interleaved; the stored GPU figures against Swin-L's FLOPs ratio."""
     warmup, steps = (1, 2) if quick else (1, 5)
-    configs = cpu_configs()
+    configs = cpu_configs(with_compile=not quick)
     rows, figures = [], {"warmup": warmup, "steps": steps, "cpu": [], "gpu": None}
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     for learned, bilinear in zip(configs[0::2], configs[1::2]):
         name = f"{learned.model.backbone} {learned.data.crop_size}→{learned.model.img_size or 224}, CPU fp32, batch {learned.data.batch_size}"
+        name += "".join(f", {label}" for label, on in (("channels-last", learned.model.channels_last), ("compiled", learned.model.compile)) if on)
         flops = [forward_flops(cfg) for cfg in (learned, bilinear)]
-        seconds = interleaved_step_times([learned, bilinear], warmup=warmup, steps=steps)
+        # a compiled engine compiles in its first steps (and again for backward): those are warm-up
+        seconds = interleaved_step_times([learned, bilinear], warmup=warmup + 2 * learned.model.compile, steps=steps)
         time_ratio, flops_ratio = seconds[0] / seconds[1], flops[0] / flops[1]
         figures["cpu"].append({"setting": name, "step_ms": {"learned": seconds[0] * 1000, "bilinear": seconds[1] * 1000},
                                "forward_gflops": {"learned": flops[0] / 1e9, "bilinear": flops[1] / 1e9},
@@ -233,7 +235,9 @@ def gpu_configs(full_res: bool = False) -> list[JobConfig]:
     return variants(base, with_no_checkpointing=True)
 
 
-def cpu_configs() -> list[JobConfig]:
+def cpu_configs(with_compile: bool = False) -> list[JobConfig]:
+    """(learned, bilinear) pairs: ResNet-50 448 → 224 as is, in channels-last, and compiled (`with_compile`);
+    a small Swin 384 → 192."""
     resnet = JobConfig(
         resizer=ResizerConfig(kind="learned"),
         model=ModelConfig(backbone="resnet50", pretrained=False),
@@ -249,7 +253,10 @@ def cpu_configs() -> list[JobConfig]:
         data=DataConfig(crop_size=384, resize_size=None, batch_size=4),
         deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
     )
-    return variants(resnet, False) + variants(swin, False)
+    faster = [dataclasses.replace(resnet, model=dataclasses.replace(resnet.model, channels_last=True))]
+    if with_compile:
+        faster.append(dataclasses.replace(resnet, model=dataclasses.replace(resnet.model, channels_last=True, compile=True)))
+    return variants(resnet, False) + [c for cfg in faster for c in variants(cfg, False)] + variants(swin, False)
 
 
 def run_isolated(index: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -113,7 +113,9 @@ class ModelConfig:
             scaled-down Swin: `{"embed_dim": 32, "depths": [1, 1], ...}`).
         drop_path_rate: stochastic depth of the backbone.
         grad_checkpointing: recompute backbone activations in backward to save memory.
-        channels_last: run convolutions in channels-last memory format.
+        channels_last: run convolutions in channels-last memory format (resizer and backbone).
+        compile: `torch.compile` the model (DeepSpeed's `engine.compile`, inductor): the first steps compile
+            (minutes on a few CPU cores; CPUs need a C++ compiler), later steps run fused kernels.
     """
 
     backbone: str = "swin_large_patch4_window12_384"
@@ -124,6 +126,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False
     channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not self.backbone:

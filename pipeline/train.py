@@ -151,6 +151,8 @@ def setup_model_and_engine(
         config=deepspeed_config(cfg, world_size),
         dist_init_required=False,  # Ray Train already set up torch.distributed
     )
+    if cfg.model.compile:
+        engine.compile()
     return engine
 
 
