@@ -113,7 +113,8 @@ class ModelConfig:
             scaled-down Swin: `{"embed_dim": 32, "depths": [1, 1], ...}`).
         drop_path_rate: stochastic depth of the backbone.
         grad_checkpointing: recompute backbone activations in backward to save memory.
-        channels_last: run convolutions in channels-last memory format (resizer and backbone).
+        channels_last: run convolutions on channels-last activations (resizer and backbone; weights stay
+            contiguous, as DeepSpeed's parameter broadcast needs).
         compile: `torch.compile` the model (DeepSpeed's `engine.compile`, inductor): the first steps compile
             (minutes on a few CPU cores; CPUs need a C++ compiler), later steps run fused kernels.
     """

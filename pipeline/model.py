@@ -165,8 +165,8 @@ def build_model(
         channels_last=model_cfg.channels_last,
         output_affine=output_affine,
     )
-    if model_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last: the input is made channels-last (`normalize`) and convolutions keep that layout; the
+    # weights stay contiguous, because DeepSpeed broadcasts parameters viewed as bytes, which needs it.
     return model
 
 

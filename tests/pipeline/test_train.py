@@ -99,3 +99,34 @@ def test_two_workers_train_and_evaluate_under_zero(stage, precision, tiny_shards
         floats = [v for k, v in weights["state_dict"].items() if v.is_floating_point() and "resizer" in k]
         assert all(v.dtype == torch.float32 for v in floats)
         assert any(not torch.equal(v, v.bfloat16().float()) for v in floats)
+
+
+def test_a_channels_last_model_takes_deepspeed_steps(monkeypatch):
+    """DeepSpeed broadcasts every parameter viewed as bytes at start-up: channels-last weights broke that
+    (`self.stride(-1) must be 1`); the activations are what goes channels-last."""
+    import socket
+
+    from pipeline.train import setup_model_and_engine
+
+    for name, value in (("DS_ACCELERATOR", "cpu"), ("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)  # what Ray Train sets on a worker
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        cfg = JobConfig(
+            resizer=ResizerConfig(num_filters=4, zero_init_last=False),
+            model=ModelConfig(backbone="resnet18", pretrained=False, img_size=16, channels_last=True),
+            data=DataConfig(resize_size=None, crop_size=32, batch_size=2),
+            deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
+        )
+        engine = setup_model_and_engine(cfg, num_outputs=3, world_size=1, warmup_steps=1, total_steps=4)
+        pixels, labels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 2])
+        before = engine.module.resizer.out_conv.weight.detach().clone()
+        for _ in range(2):
+            engine.backward(torch.nn.functional.cross_entropy(engine(pixels).float(), labels))
+            engine.step()
+        assert not torch.equal(before, engine.module.resizer.out_conv.weight)
+    finally:
+        torch.distributed.destroy_process_group()
