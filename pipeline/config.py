@@ -111,7 +111,8 @@ class ModelConfig:
         img_size: backbone input side; None takes it from the backbone's own data config.
         backbone_kwargs: extra keyword arguments for `timm.create_model` (for example a
             scaled-down Swin: `{"embed_dim": 32, "depths": [1, 1], ...}`).
-        drop_path_rate: stochastic depth of the backbone.
+        drop_path_rate: stochastic depth of the backbone; None keeps the backbone's own default (timm's
+            Swin: 0.1, ResNet: 0), 0.0 turns it off.
         grad_checkpointing: recompute backbone activations in backward to save memory.
         channels_last: run convolutions on channels-last activations (resizer and backbone; weights stay
             contiguous, as DeepSpeed's parameter broadcast needs).
@@ -124,7 +125,7 @@ class ModelConfig:
     checkpoint_path: str | None = None
     img_size: int | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    drop_path_rate: float = 0.0
+    drop_path_rate: float | None = None
     grad_checkpointing: bool = False
     channels_last: bool = False
     compile: bool = False
@@ -134,7 +135,7 @@ class ModelConfig:
             raise ValueError("model.backbone is empty; give a timm model name, e.g. 'resnet50'")
         if self.img_size is not None:
             _check_positive("model", "img_size", self.img_size)
-        if not 0.0 <= self.drop_path_rate < 1.0:
+        if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"model.drop_path_rate={self.drop_path_rate} must be in [0, 1)")
 
 

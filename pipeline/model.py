@@ -88,7 +88,7 @@ def create_backbone(cfg: ModelConfig, num_outputs: int) -> nn.Module:
     """
     kwargs: dict[str, Any] = dict(cfg.backbone_kwargs)
     kwargs["num_classes"] = num_outputs
-    if cfg.drop_path_rate:
+    if cfg.drop_path_rate is not None:  # 0.0 too: timm's Swin defaults to 0.1
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     if cfg.img_size is not None:
         kwargs["img_size"] = cfg.img_size
