@@ -42,6 +42,11 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--name", help="run name; rerunning with the same name and storage resumes (run.name)")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers, one per GPU (run.num_workers)")
     parser.add_argument(
+        "--min-workers",
+        type=int,
+        help="train elastically on --num-workers down to this many: survive losing nodes (run.min_workers)",
+    )
+    parser.add_argument(
         "--resizer",
         choices=RESIZER_KINDS,
         help="learned resizer or a fixed baseline (resizer.kind)",
@@ -66,6 +71,8 @@ def resolve_config(cfg: C, args: argparse.Namespace) -> C:
         overrides.append(f"run.name={args.name}")
     if args.num_workers is not None:
         overrides.append(f"run.num_workers={args.num_workers}")
+    if args.min_workers is not None:
+        overrides.append(f"run.min_workers={args.min_workers}")
     if args.resizer:
         overrides.append(f"resizer.kind={args.resizer}")
     return apply_overrides(cfg, overrides + list(args.set))

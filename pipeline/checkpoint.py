@@ -5,6 +5,9 @@ A checkpoint directory (one per saved epoch, kept by Ray Train under `<storage>/
 
     ds/                      DeepSpeed engine state: every rank writes its own ZeRO shard
     latest                   DeepSpeed's pointer to `ds`
+    ds_universal/            only after a resume on another worker count: `ds` converted once to
+                             DeepSpeed's universal checkpoint (one file per parameter and state),
+                             which loads into any number of workers and is reused by later resumes
     model.pt                 rank 0: {"config", "num_outputs", "class_names", "target_stats", "epoch", "step", "state_dict"}
                              fp32 master weights of resizer + backbone, loadable without DeepSpeed
     model.safetensors        the same weights, tensors only; `model.json` beside it holds the rest
@@ -17,6 +20,8 @@ deliberate stop of the loop has not reached the driver.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import posixpath
@@ -29,6 +34,7 @@ import torch
 
 from pipeline.layout import (
     DEEPSPEED_TAG,
+    UNIVERSAL_TAG,
     EVAL_SAMPLES_FILE,
     HISTORY_FILE,
     META_FILE,
@@ -40,6 +46,8 @@ from pipeline.layout import (
 )
 
 SAVE_DELAY_ENV = "LEARNED_RESIZER_TEST_SAVE_DELAY_S"
+STEP_DELAY_ENV = "LEARNED_RESIZER_TEST_STEP_DELAY_S"  # the cluster tests' hook: slower steps, a window to act in
+TEST_HOOKS = (SAVE_DELAY_ENV, STEP_DELAY_ENV)
 
 
 def save_checkpoint(engine: Any, directory: str, *, client_state: dict[str, Any], weights_meta: dict[str, Any]) -> None:
@@ -82,18 +90,96 @@ def master_weights(engine: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in state_dict.items()}
 
 
-def load_checkpoint(engine: Any, directory: str) -> dict[str, Any]:
-    """Loads every rank's shard into the engine (with `weights_only_engine`); returns the client state saved with it.
+def load_checkpoint(engine: Any, directory: str, *, universal: bool = False) -> dict[str, Any]:
+    """Loads the checkpoint into the engine (with `weights_only_engine`); returns the client state saved with it.
+
+    Args:
+        universal: load the universal checkpoint made by `make_universal` (the engine was built with
+            `deepspeed_config(..., load_universal=True)`): any world size. Else every rank loads its own
+            ZeRO shard, which needs the world size that wrote them.
 
     Raises:
-        ValueError: the checkpoint was written by a different number of workers.
+        ValueError: DeepSpeed found no checkpoint.
         pickle.UnpicklingError: a shard holds something other than tensors and DeepSpeed's plain state.
     """
     engine.checkpoint_engine = weights_only_engine(engine._config)
-    _, client_state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
+    tag = UNIVERSAL_TAG if universal else DEEPSPEED_TAG
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)  # torch's AdamW inside ZeRO's wrapper
+    groups = optimizer.param_groups
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in groups]
+    _, client_state = engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
     if client_state is None:
-        raise ValueError(f"{directory}: DeepSpeed found no checkpoint under tag {DEEPSPEED_TAG!r}")
+        raise ValueError(f"{directory}: DeepSpeed found no checkpoint under tag {tag!r}")
+    if universal:
+        # Two defects of DeepSpeed 0.19's universal load under ZeRO-3 (tests/pipeline/test_elastic.py):
+        # every parameter group gets the first group's settings (weight decay on the no-decay groups, the
+        # backbone's learning rate on the resizer): the groups are ours (`pipeline.model.param_groups`), their
+        # learning rates the schedule's. And every group's Adam state shares one `step` tensor, which AdamW
+        # then advances once per group per step, skewing the bias correction: each gets its own again.
+        for group, setting, lr in zip(groups, settings, engine.lr_scheduler.get_last_lr()):
+            group.update({**setting, "lr": lr})
+        for state in optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+        _load_buffers(engine, os.path.join(directory, UNIVERSAL_TAG))
     return client_state
+
+
+def needs_universal(directory: str, world_size: int) -> bool:
+    """Whether a checkpoint's ZeRO shards were written by another number of workers than `world_size`."""
+    saved = saved_world_size(directory)
+    return saved is not None and saved != world_size
+
+
+def make_universal(directory: str) -> bool:
+    """Converts the checkpoint's ZeRO shards (`ds/`) to a universal checkpoint in `ds_universal/`, once:
+    an existing conversion is reused. Written under a temporary name and renamed, so a kill mid-way
+    leaves no half conversion that a later resume would load. Returns whether it converted.
+
+    Runs on one process per copy of the checkpoint (rank 0 when all workers read the same folder).
+    """
+    target = os.path.join(directory, UNIVERSAL_TAG)
+    if os.path.isdir(target):
+        return False
+    partial = f"{target}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress bars
+        _convert(directory, partial)
+    os.replace(partial, target)
+    with open(os.path.join(directory, "latest_universal"), "w") as f:  # DeepSpeed's pointer, as it writes it
+        f.write(UNIVERSAL_TAG)
+    return True
+
+
+def _convert(directory: str, output: str) -> None:
+    import argparse
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    ds_to_universal(argparse.Namespace(
+        input_folder=os.path.join(directory, DEEPSPEED_TAG),
+        output_folder=output,
+        num_extract_workers=1,  # in this process: a pool costs more than the conversion at our sizes
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # ZeRO-1/2 shards lack the universal info DeepSpeed needs; it is derived
+    ))
+
+
+def _load_buffers(engine: Any, universal_dir: str) -> None:
+    """Batch-norm statistics and other buffers: a universal load restores parameters and optimizer state
+    only; the model-states file of the conversion holds every buffer in full, under every ZeRO stage."""
+    import glob
+
+    files = sorted(glob.glob(os.path.join(universal_dir, "*model_states.pt")))
+    if not files:
+        raise ValueError(f"{universal_dir}: no model states file; delete the folder to convert again")
+    module = engine.checkpoint_engine.load(files[0], map_location="cpu")["module"]
+    with torch.no_grad():
+        for name, buffer in engine.module.named_buffers():
+            if name in module:
+                buffer.copy_(module[name].to(buffer.device, buffer.dtype))
 
 
 def deepspeed_safe_globals() -> list[Any]:

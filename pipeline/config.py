@@ -270,14 +270,24 @@ class RunConfig:
     Attributes:
         name: run name; rerunning with the same name and storage resumes.
         storage: folder or URI for checkpoints, TensorBoard logs and reports.
-        num_workers: Ray Train workers (one per GPU).
+        num_workers: Ray Train workers (one per GPU); with `min_workers`, the most it runs with.
+        min_workers: train elastically: start with as few as this many workers when the cluster has no
+            more, grow back to `num_workers` when nodes return, and continue on the workers that are
+            left after a node is lost (the ZeRO checkpoint is converted to a universal one for the new
+            worker count). None: exactly `num_workers`. Samples per optimizer step stay those of
+            `num_workers` (`optim.grad_accum` is scaled; see `pipeline.train.accumulation`).
         use_gpu: None picks GPUs when the cluster has them.
         autoscale: the cluster grows on demand: ask its autoscaler for missing GPUs instead of
             failing fast (`ray up cluster.yaml` clusters start with zero GPU nodes).
         cpus_per_worker: CPUs reserved per Train worker.
         seed: seed for model init, augmentation and shuffling.
         checkpoint_every: save a checkpoint every this many epochs (the last epoch always).
-        max_failures: worker-group restarts from the latest checkpoint before giving up.
+        max_failures: worker-group restarts from the latest checkpoint before giving up (node
+            preemptions are counted apart, without limit: `ray.train.FailureConfig.max_preemption_failures`).
+        preemption_check_every: every this many optimizer steps, ask Ray Train whether a node of the run
+            has a preemption notice (a spot reclaim, `ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION`);
+            on the first, every worker saves a just-in-time checkpoint mid-epoch, so the restart on the
+            nodes left loses only the steps after it. 0: never ask (a notice then costs the epoch).
         log_every: print a training line every this many steps (0: per epoch only).
         resume: what a rerun with this name and storage does. "auto": continue the run when its saved
             config differs only in fields that extend it (optim.epochs) or move it (workers, CPUs,
@@ -292,12 +302,14 @@ class RunConfig:
     name: str = "run"
     storage: str = "outputs"
     num_workers: int = 1
+    min_workers: int | None = None
     use_gpu: bool | None = None
     autoscale: bool = False
     cpus_per_worker: float = 1.0
     seed: int = 0
     checkpoint_every: int = 1
     max_failures: int = 3
+    preemption_check_every: int = 1
     log_every: int = 50
     resume: ResumePolicy = "auto"
     mlflow: str | None = None
@@ -311,9 +323,15 @@ class RunConfig:
                 "starting with a letter or digit (it names the run's folder inside run.storage)"
             )
         _check_positive("run", "num_workers", self.num_workers)
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise ValueError(
+                f"run.min_workers={self.min_workers} must be between 1 and run.num_workers={self.num_workers} "
+                "(the most workers an elastic run uses); lower it, or raise --num-workers"
+            )
         _check_positive("run", "cpus_per_worker", self.cpus_per_worker, allow_zero=True)
         _check_positive("run", "checkpoint_every", self.checkpoint_every)
         _check_positive("run", "max_failures", self.max_failures, allow_zero=True)
+        _check_positive("run", "preemption_check_every", self.preemption_check_every, allow_zero=True)
         _check_positive("run", "log_every", self.log_every, allow_zero=True)
 
 

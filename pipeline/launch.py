@@ -1,19 +1,20 @@
 """Runs a planned run: builds its TorchTrainer (scaling, storage, failures, checkpoint retention) and fits it.
 
-`launch(cfg)` is what a job calls: plan (`pipeline.runs.plan`), print the plan, ask an autoscaler
-for missing GPUs once, and `run`. A Tune trial calls `run` on its own planned run.
+`launch(cfg)` is what a job calls: plan (`pipeline.runs.plan`), print the plan, and `run`. Ray Train
+asks an autoscaling cluster for the workers' nodes itself and withdraws the request when the run ends. A Tune trial calls `run` on its own planned run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.checkpoint import SAVE_DELAY_ENV, pop_stop, read_history
+from pipeline.checkpoint import TEST_HOOKS, pop_stop, read_history
 from pipeline.config import JobConfig, to_dict
 from pipeline.data import build_dataset, exact_eval_data_config
 from pipeline.layout import join
@@ -53,8 +54,9 @@ def build_trainer(run: Run, *, callbacks: list | None = None, verbose: bool = Fa
     }
     env = {"DS_ACCELERATOR": "cpu"} if not run.use_gpu else {}
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # worker prints reach the driver once, not twice
-    if SAVE_DELAY_ENV in os.environ:  # the fault tests' hook, also on a cluster the driver joined
-        env[SAVE_DELAY_ENV] = os.environ[SAVE_DELAY_ENV]
+    for hook in TEST_HOOKS:  # the fault tests' hooks, also on a cluster the driver joined
+        if hook in os.environ:
+            env[hook] = os.environ[hook]
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -66,9 +68,11 @@ def build_trainer(run: Run, *, callbacks: list | None = None, verbose: bool = Fa
             "target_stats": run.target_stats,
             "verbose": verbose,
             "console": console,
+            # a Tune trial reports epochs only: its scheduler counts reports as iterations
+            "preemption_checkpoints": not callbacks,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.run.num_workers,
+            num_workers=run.worker_range if run.elastic else cfg.run.num_workers,
             use_gpu=run.use_gpu,
             resources_per_worker={"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if run.use_gpu else {})},
         ),
@@ -150,7 +154,9 @@ def run(run: Run, *, callbacks: list | None = None, verbose: bool = False, conso
     if result.best_checkpoints:
         sign = 1 if run.task.mode == "max" else -1
         metric = run.task.target_metric
-        best = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(metric, sign * float("-inf")))[0].path
+        scored = [(c, sign * m.get(metric, float("nan"))) for c, m in result.best_checkpoints]
+        scored = [(c, score) for c, score in scored if not math.isnan(score)]  # a preemption checkpoint is no candidate
+        best = max(scored, key=lambda cs: cs[1])[0].path if scored else None
     return RunResult(
         run=run,
         history=read_history(run.directory),
@@ -159,31 +165,27 @@ def run(run: Run, *, callbacks: list | None = None, verbose: bool = False, conso
     )
 
 
-@contextlib.contextmanager
-def autoscaler_request(run: Run, resources: dict[str, float]) -> Iterator[None]:
-    """Asks an autoscaling cluster for the GPUs the run lacks, and withdraws the request afterwards
-    (a standing request keeps GPU nodes from idling out)."""
-    missing = run.use_gpu and run.cfg.run.autoscale and resources.get("GPU", 0) < run.cfg.run.num_workers
-    if not missing:
-        yield
-        return
-    from ray.autoscaler.sdk import request_resources
+def waiting_line(run: Run, resources: dict[str, float]) -> str | None:
+    """What a job prints when the cluster lacks the workers' resources and the autoscaler must bring them.
 
-    print(
-        f"asking the autoscaler for {run.cfg.run.num_workers} GPUs (the cluster has {resources.get('GPU', 0):g} now); "
-        "training starts when they arrive",
-        flush=True,
-    )
-    request_resources(bundles=[{"GPU": 1, "CPU": run.cfg.run.cpus_per_worker}] * run.cfg.run.num_workers)
-    try:
-        yield
-    finally:
-        request_resources(bundles=[])
+    Nothing is asked of the autoscaler here: Ray Train requests its workers' resources itself (a
+    pending placement group, and an elastic run's request for `run.num_workers`) and withdraws the
+    request when the run ends, so the nodes idle out afterwards (`tests/test_cluster.py`).
+    """
+    cfg = run.cfg.run
+    fewest = run.worker_range[0]
+    if run.use_gpu:
+        have, need, unit = resources.get("GPU", 0), fewest, "GPUs"
+    else:
+        have, need, unit = resources.get("CPU", 0), fewest * cfg.cpus_per_worker + run.cfg.data.num_cpus_per_read, "CPUs"
+    if have >= need:
+        return None
+    return f"waiting for the autoscaler: the run needs {need:g} {unit}, the cluster has {have:g} now; training starts when they arrive"
 
 
 def launch(cfg: JobConfig, *, manifest: dict[str, Any] | None = None, verbose: bool = False) -> RunResult:
-    """A job's training run: plan, print the plan, ask for missing GPUs once, train (resuming a run of
-    the same name and storage), return the result.
+    """A job's training run: plan, print the plan, train (resuming a run of the same name and storage),
+    return the result.
 
     Raises:
         ValueError: a configuration or data error (the message names the field and the fix).
@@ -202,5 +204,6 @@ def launch(cfg: JobConfig, *, manifest: dict[str, Any] | None = None, verbose: b
             flush=True,
         )
         return RunResult(planned, read_history(planned.directory), None, join(planned.directory, checkpoint))
-    with autoscaler_request(planned, resources):
-        return run(planned, verbose=verbose, console=not verbose)
+    if line := waiting_line(planned, resources):
+        print(line, flush=True)
+    return run(planned, verbose=verbose, console=not verbose)

@@ -31,6 +31,7 @@ import re
 
 CHECKPOINT_PREFIX = "checkpoint_epoch_"
 DEEPSPEED_TAG = "ds"
+UNIVERSAL_TAG = "ds_universal"  # the ZeRO shards of DEEPSPEED_TAG, converted for any world size
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
 HISTORY_FILE = "history.jsonl"
@@ -90,6 +91,11 @@ def run_dir(storage: str, name: str) -> str:
 
 def checkpoint_dir_name(epoch: int) -> str:
     return f"{CHECKPOINT_PREFIX}{epoch:04d}"
+
+
+def preemption_checkpoint_dir_name(step: int) -> str:
+    """A just-in-time checkpoint taken mid-epoch on a preemption notice."""
+    return f"checkpoint_step_{step:07d}_preempted"
 
 
 def checkpoint_epoch(name: str) -> int | None:

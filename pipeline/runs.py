@@ -3,8 +3,8 @@
 `plan(cfg, resources=...)` checks the config against its data and the cluster's resources and
 returns the `Run`: absolute storage and the run's folder, the task, what the manifest says (head
 size, shard URLs, sample counts, class names), whether it trains on GPUs, and the checkpoint a
-rerun resumes from. It reads the manifest (unless given) and asks the cluster for nothing; asking an
-autoscaler for GPUs is a separate step (`pipeline.launch.autoscaler_request`), made once.
+rerun resumes from. It reads the manifest (unless given) and asks the cluster for nothing (Ray Train
+asks an autoscaler for its workers' nodes when the run starts).
 
 `pipeline.launch.run(run)` trains a planned run; a job's `launch(cfg)` and every Tune trial call it.
 Reports read runs back through `read_history` and the names of `pipeline.layout`.
@@ -69,6 +69,17 @@ class Run:
         return self.resumes_from is not None and int(self.resumes_from.get("epoch", 0)) >= self.cfg.optim.epochs
 
     @property
+    def elastic(self) -> bool:
+        """Whether Ray Train may run it on fewer workers than `run.num_workers` (`run.min_workers`)."""
+        return self.cfg.run.min_workers is not None and self.cfg.run.min_workers < self.cfg.run.num_workers
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(fewest, most) workers: equal unless elastic."""
+        run = self.cfg.run
+        return (run.min_workers if self.elastic else run.num_workers, run.num_workers)
+
+    @property
     def class_names(self) -> list[str] | None:
         return self.manifest.get("class_names")
 
@@ -84,11 +95,17 @@ class Run:
         line = (
             f"run {cfg.run.name!r}: {self.num_train_samples} train / {self.num_eval_samples} eval samples "
             f"({len(self.train_urls)}+{len(self.eval_urls)} shards), {self.num_outputs} outputs, "
-            f"{cfg.run.num_workers} {device} workers x batch {cfg.data.batch_size} x accum {cfg.optim.grad_accum}, "
+            f"{'{}-{}'.format(*self.worker_range) if self.elastic else cfg.run.num_workers} {device} workers x batch {cfg.data.batch_size} x accum {cfg.optim.grad_accum}, "
             f"ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}, {cfg.optim.epochs} epochs -> {self.directory}"
         )
         if self.resumes_from is not None:
             line += f"\n  continues from {self.resumes_from['checkpoint']} (epoch {self.resumes_from.get('epoch')})"
+            saved = self.resumes_from.get("world_size")
+            if saved is not None and saved != cfg.run.num_workers:
+                line += (
+                    f", written by {saved} workers: their ZeRO-{self.resumes_from.get('zero_stage')} shards are "
+                    "converted once to a universal checkpoint that loads on any number of workers"
+                )
         if self.changes:
             line += "; changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self.changes.items())
         return line
@@ -131,12 +148,6 @@ def plan(cfg: JobConfig, *, resources: dict[str, float], manifest: dict[str, Any
     directory = run_dir(cfg.run.storage, cfg.run.name)
     previous = latest_checkpoint_meta(directory)
     changes = _check_resume(cfg, directory, previous)
-    if previous is not None and previous.get("world_size") not in (None, cfg.run.num_workers):
-        raise ValueError(
-            f"run {cfg.run.name!r} resumes from {previous['checkpoint']}, written by {previous['world_size']} "
-            f"workers with ZeRO-{previous.get('zero_stage')}; a ZeRO checkpoint loads only into the same number of "
-            f"workers. Rerun with --num-workers {previous['world_size']}, or start a new run with another --name"
-        )
     return Run(
         cfg=cfg,
         directory=directory,
@@ -157,7 +168,7 @@ def plan(cfg: JobConfig, *, resources: dict[str, float], manifest: dict[str, Any
 # schedule then stretches over the new total) or change where and how it runs, not what it trains.
 RESUME_MAY_CHANGE = frozenset({
     "optim.epochs",
-    "run.num_workers", "run.cpus_per_worker", "run.use_gpu", "run.autoscale", "run.max_failures",
+    "run.num_workers", "run.min_workers", "run.cpus_per_worker", "run.use_gpu", "run.autoscale", "run.max_failures", "run.preemption_check_every",
     "run.checkpoint_every", "run.log_every", "run.resume", "run.storage", "run.mlflow", "run.mlflow_experiment",
     "data.num_cpus_per_read", "data.strict", "data.max_pixels",
 })
@@ -277,18 +288,21 @@ def _check_resources(cfg: JobConfig, resources: dict[str, float]) -> bool:
     """Whether the run trains on GPUs; raises when the cluster cannot host its workers."""
     gpus = resources.get("GPU", 0)
     use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else gpus > 0
-    if use_gpu and gpus < cfg.run.num_workers and not cfg.run.autoscale:
+    # An elastic run starts with as few as run.min_workers; an autoscaling cluster adds nodes on demand.
+    fewest, field = (cfg.run.min_workers, "run.min_workers") if cfg.run.min_workers else (cfg.run.num_workers, "run.num_workers")
+    if use_gpu and gpus < fewest and not cfg.run.autoscale:
         raise ValueError(
-            f"run.num_workers={cfg.run.num_workers} needs {cfg.run.num_workers} GPUs; the cluster has "
-            f"{gpus:g}. Lower run.num_workers, add GPU nodes, or on an autoscaling cluster "
+            f"{field}={fewest} needs {fewest} GPUs; the cluster has "
+            f"{gpus:g}. Lower {field}, add GPU nodes, or on an autoscaling cluster "
             "set run.autoscale=true to ask the autoscaler for them"
         )
-    needed = cfg.run.num_workers * cfg.run.cpus_per_worker + cfg.data.num_cpus_per_read
-    if not use_gpu and resources.get("CPU", 0) < needed:
+    needed = fewest * cfg.run.cpus_per_worker + cfg.data.num_cpus_per_read
+    if not use_gpu and resources.get("CPU", 0) < needed and not cfg.run.autoscale:
         raise ValueError(
-            f"run.num_workers={cfg.run.num_workers} x run.cpus_per_worker={cfg.run.cpus_per_worker:g} plus one "
+            f"{field}={fewest} x run.cpus_per_worker={cfg.run.cpus_per_worker:g} plus one "
             f"data task needs {needed:g} CPUs; the cluster has "
-            f"{resources.get('CPU', 0):g}. Lower run.num_workers or run.cpus_per_worker"
+            f"{resources.get('CPU', 0):g}. Lower {field} or run.cpus_per_worker, or on an autoscaling "
+            "cluster set run.autoscale=true"
         )
     if cfg.deepspeed.precision == "fp16" and not use_gpu:
         raise ValueError("deepspeed.precision='fp16' needs GPUs; on CPU use 'bf16' or 'fp32'")

@@ -10,6 +10,7 @@ small helpers (`setup_model_and_engine`, `resume`, `train_one_epoch`, `evaluate`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -18,16 +19,20 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from pipeline.checkpoint import (
+    STEP_DELAY_ENV,
     LocalMirror,
     append_history,
     reconcile_history,
     load_checkpoint,
+    make_universal,
+    needs_universal,
     save_checkpoint,
     saved_world_size,
     write_eval_samples,
@@ -35,7 +40,7 @@ from pipeline.checkpoint import (
     write_stop,
 )
 from pipeline.config import JobConfig, OptimConfig, from_dict, to_dict
-from pipeline.layout import TENSORBOARD_DIR, checkpoint_dir_name
+from pipeline.layout import TENSORBOARD_DIR, UNIVERSAL_TAG, checkpoint_dir_name, preemption_checkpoint_dir_name
 from pipeline.model import build_model, param_groups
 from pipeline.tasks import Task, get_task
 from pipeline.tracking import MlflowLog
@@ -62,6 +67,30 @@ def steps_per_epoch(num_train_samples: int, world_size: int, batch_size: int, gr
     return steps
 
 
+def accumulation(cfg: JobConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step on `world_size` workers.
+
+    An elastic run (`run.min_workers`) keeps the samples per optimizer step of `run.num_workers`
+    workers (batch x accumulation x workers), so its schedule, which is counted in steps, holds
+    whatever the worker count: `optim.grad_accum` x num_workers / world_size, rounded up where it does
+    not divide (then a step sees a few more samples; `describe_accumulation` says so).
+    """
+    return max(1, math.ceil(cfg.optim.grad_accum * cfg.run.num_workers / world_size))
+
+
+def describe_accumulation(cfg: JobConfig, world_size: int) -> str | None:
+    """The line an elastic run prints when it trains on another worker count than `run.num_workers`."""
+    if world_size == cfg.run.num_workers:
+        return None
+    accum = accumulation(cfg, world_size)
+    planned = cfg.data.batch_size * cfg.optim.grad_accum * cfg.run.num_workers
+    now = cfg.data.batch_size * accum * world_size
+    line = f"training on {world_size} of {cfg.run.num_workers} workers: accumulating {accum} micro-batches per step"
+    if now == planned:
+        return line + f" keeps {planned} samples per optimizer step"
+    return line + f": {now} samples per optimizer step instead of {planned} ({cfg.optim.grad_accum * cfg.run.num_workers} does not divide by {world_size})"
+
+
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, start_factor: float, min_factor: float) -> float:
     """Linear warm-up from `start_factor` to 1, then cosine from 1 to `min_factor`, per optimizer step."""
     if step < warmup_steps:
@@ -82,8 +111,12 @@ def schedule(cfg: OptimConfig, num_steps_per_epoch: int) -> Schedule:
     return Schedule(warmup_steps=round(cfg.warmup_epochs * num_steps_per_epoch), total_steps=cfg.epochs * num_steps_per_epoch)
 
 
-def deepspeed_config(cfg: JobConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed JSON, derived from the typed config (the one source of truth)."""
+def deepspeed_config(cfg: JobConfig, world_size: int, *, load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed JSON, derived from the typed config (the one source of truth).
+
+    Args:
+        load_universal: the engine resumes from a universal checkpoint (another world size wrote it).
+    """
     ds = cfg.deepspeed
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage == 3:
@@ -92,8 +125,8 @@ def deepspeed_config(cfg: JobConfig, world_size: int) -> dict[str, Any]:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": cfg.optim.grad_accum,
-        "train_batch_size": cfg.data.batch_size * cfg.optim.grad_accum * world_size,
+        "gradient_accumulation_steps": accumulation(cfg, world_size),
+        "train_batch_size": cfg.data.batch_size * accumulation(cfg, world_size) * world_size,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": ds.precision == "bf16"},
@@ -105,6 +138,7 @@ def deepspeed_config(cfg: JobConfig, world_size: int) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,  # torch's AdamW: DeepSpeed's fused Adam needs compiled ops
         "steps_per_print": 2**31 - 1,  # we print our own lines
         "wall_clock_breakdown": False,
+        "checkpoint": {"load_universal": load_universal},
     }
 
 
@@ -118,8 +152,10 @@ def setup_model_and_engine(
     warmup_steps: int,
     total_steps: int,
     output_affine: tuple[float, float] | None = None,
+    load_universal: bool = False,
 ) -> Any:
-    """Model (see `build_model`), AdamW with no-decay groups, warm-up + cosine, wrapped by DeepSpeed."""
+    """Model (see `build_model`), AdamW with no-decay groups, warm-up + cosine, wrapped by DeepSpeed
+    (`load_universal`: for a resume from a universal checkpoint)."""
     import deepspeed
 
     model = build_model(cfg.model, cfg.resizer, num_outputs, output_affine)
@@ -148,7 +184,7 @@ def setup_model_and_engine(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, world_size),
+        config=deepspeed_config(cfg, world_size, load_universal=load_universal),
         dist_init_required=False,  # Ray Train already set up torch.distributed
     )
     if cfg.model.compile:
@@ -177,6 +213,11 @@ class Worker:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per optimizer step at this world size (`accumulation`)."""
+        return accumulation(self.cfg, self.world_size)
 
     def say(self, line: str) -> None:
         """A line for the user's console: the plan's progress, never Ray's or a library's."""
@@ -222,11 +263,13 @@ def setup_worker(config: dict[str, Any]) -> Worker:
 
 @dataclass
 class TrainState:
-    """Where training stands: the last finished epoch, optimizer steps so far, best target metric."""
+    """Where training stands: the last finished epoch, optimizer steps so far, best target metric, and
+    steps already trained of the next epoch (a just-in-time checkpoint's, see `PreemptionWatch`)."""
 
     epoch: int = 0
     step: int = 0
     best: float = -math.inf
+    epoch_step: int = 0
 
 
 class StopRun(Exception):
@@ -299,32 +342,76 @@ def _stop_run(worker: Worker, message: str, state: TrainState, epoch: int) -> No
 
 # ---------------------------------------------------------------- resume
 
-def resume(engine: Any, worker: Worker) -> TrainState:
-    """Loads every rank's shard of the latest checkpoint, if Ray Train has one for this run.
-
-    Raises:
-        ValueError: the checkpoint was written by another number of workers.
-    """
+@contextlib.contextmanager
+def latest_checkpoint() -> Iterator[str | None]:
+    """The folder of the run's latest checkpoint, if Ray Train has one (downloaded when the storage is remote)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as directory:
+        yield directory
+
+
+def prepare_universal(directory: str, worker: Worker) -> None:
+    """Converts a checkpoint written by another number of workers to a universal one, once.
+
+    Rank 0 converts (all ranks read its folder when the storage is shared); a worker whose copy was
+    downloaded separately (remote storage) converts its own copy. Rank 0 then uploads the conversion
+    beside the checkpoint, so a later resume reuses it.
+    """
+    import ray.train
+
+    saved = saved_world_size(directory)
+    if worker.is_main:
+        started = time.perf_counter()
+        if make_universal(directory):
+            worker.say(
+                f"the checkpoint was written by {saved} workers, this attempt has {worker.world_size}: converted its "
+                f"ZeRO-{worker.cfg.deepspeed.zero_stage} shards to a universal checkpoint in {time.perf_counter() - started:.1f} s"
+            )
+            _upload_universal(ray.train.get_checkpoint(), directory)
+    torch.distributed.barrier()
+    if not worker.is_main:
+        make_universal(directory)  # a no-op on rank 0's folder; converts a separately downloaded copy
+    torch.distributed.barrier()
+
+
+def _upload_universal(checkpoint: Any, directory: str) -> None:
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return  # converted in place
+    for name in (UNIVERSAL_TAG, "latest_universal"):
+        source = os.path.join(directory, name)
+        target = f"{checkpoint.path.rstrip('/')}/{name}"
+        if os.path.isdir(source):
+            pyarrow.fs.copy_files(source, target, destination_filesystem=checkpoint.filesystem)
+        else:
+            with open(source, "rb") as f, checkpoint.filesystem.open_output_stream(target) as out:
+                out.write(f.read())
+
+
+def resume(engine: Any, worker: Worker, directory: str | None, *, universal: bool) -> TrainState:
+    """Loads the latest checkpoint into the engine (every rank its ZeRO shard, or the universal
+    checkpoint when another world size wrote it); a new run starts at epoch 0."""
+    if directory is None:
         if worker.is_main:
             reconcile_history(worker.directory, through_epoch=0)  # an attempt that never checkpointed
         return TrainState()
-    with checkpoint.as_directory() as ckpt_dir:
-        saved = saved_world_size(ckpt_dir)
-        if saved is not None and saved != worker.world_size:
-            raise ValueError(
-                f"the latest checkpoint of run {worker.cfg.run.name!r} was written by {saved} workers; resuming "
-                f"with run.num_workers={worker.world_size} is not possible for a ZeRO checkpoint. Rerun with "
-                f"run.num_workers={saved}, or start a new run (another run.name)"
-            )
-        saved_state = load_checkpoint(engine, ckpt_dir)
-    state = TrainState(epoch=saved_state["epoch"], step=saved_state["step"], best=saved_state.get("best", -math.inf))
+    saved_state = load_checkpoint(engine, directory, universal=universal)
+    state = TrainState(
+        epoch=saved_state["epoch"], step=saved_state["step"], best=saved_state.get("best", -math.inf),
+        epoch_step=saved_state.get("epoch_step", 0),
+    )
     if worker.is_main:
         reconcile_history(worker.directory, through_epoch=state.epoch)
-    worker.say(f"resumed from epoch {state.epoch} (step {state.step})")
+    within = f", {state.epoch_step} steps into epoch {state.epoch + 1}" if state.epoch_step else ""
+    worker.say(
+        f"resumed from epoch {state.epoch} (step {state.step}{within})" + (f" on {worker.world_size} workers" if universal else "")
+    )
     return state
 
 
@@ -341,10 +428,24 @@ class EpochTrain:
 
 
 def train_one_epoch(
-    engine: Any, data: Any, worker: Worker, state: TrainState, *, epoch: int, num_steps: int, writer: Any
+    engine: Any,
+    data: Any,
+    worker: Worker,
+    state: TrainState,
+    *,
+    epoch: int,
+    num_steps: int,
+    writer: Any,
+    done: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> EpochTrain:
     """Micro-batches with accumulation; advances `state.step`. Every worker runs the same number of
     micro-batches and drains the rest of its split, so the ranks end the epoch together.
+
+    Args:
+        done: steps of this epoch trained before a just-in-time checkpoint; the epoch trains the rest
+            (on freshly shuffled data: which samples the rest sees is not what the lost attempt saw).
+        on_step: called after every optimizer step with the steps done in this epoch.
 
     Raises:
         StopRun: a non-finite loss, or (data.strict) an undecodable sample on any rank.
@@ -353,7 +454,8 @@ def train_one_epoch(
     engine.train()
     out = EpochTrain()
     started = time.perf_counter()
-    micro_batches = num_steps * cfg.optim.grad_accum
+    micro_batches = (num_steps - done) * worker.grad_accum
+    step_delay = float(os.environ.get(STEP_DELAY_ENV, "0"))
     micro_step = 0
     batches = data.iter_batches(
         batch_size=cfg.data.batch_size, batch_format="numpy", local_shuffle_buffer_size=cfg.data.shuffle_buffer or None
@@ -371,11 +473,14 @@ def train_one_epoch(
         _check_loss_and_data(loss, batch, out.skipped, worker, engine, epoch=epoch, step=state.step, micro_step=micro_step)
         engine.backward(loss)
         engine.step()  # steps optimizer and scheduler at accumulation boundaries
-        if micro_step % cfg.optim.grad_accum == 0:
+        if micro_step % worker.grad_accum == 0:
             state.step += 1
             if writer is not None and cfg.run.log_every and state.step % cfg.run.log_every == 0:
                 writer.add_scalar("train/loss_step", loss.item(), state.step)
                 worker.say(f"epoch {epoch} step {state.step}: loss {loss.item():.4f}")
+            time.sleep(step_delay)
+            if on_step is not None:
+                on_step(done + micro_step // worker.grad_accum)
         out.loss_sum += float(loss.detach()) * int(batch["valid"].sum())
         out.num_images += int(batch["valid"].sum())
     out.seconds = time.perf_counter() - started
@@ -523,8 +628,17 @@ def report_and_save(engine: Any, worker: Worker, state: TrainState, result: Epoc
         ray.train.report(result.metrics)
         return
     worker.say(f"saving checkpoint of epoch {epoch} (step {state.step})")
+    save_and_report(engine, worker, result.metrics, client_state={"epoch": epoch, "step": state.step, "best": state.best},
+                    name=checkpoint_dir_name(epoch))
+
+
+def save_and_report(engine: Any, worker: Worker, metrics: dict[str, Any], *, client_state: dict[str, Any], name: str) -> None:
+    """Every rank saves its shard into a local folder, rank 0 the consolidated weights and `meta.json`;
+    Ray Train uploads them as one checkpoint `name` of the run."""
+    import ray.train
+
+    cfg = worker.cfg
     tmp = tempfile.mkdtemp(prefix="ckpt-")
-    client_state = {"epoch": epoch, "step": state.step, "best": state.best}
     weights_meta = {
         "config": to_dict(cfg), "num_outputs": worker.num_outputs, "class_names": worker.class_names,
         "target_stats": worker.target_stats,
@@ -532,10 +646,46 @@ def report_and_save(engine: Any, worker: Worker, state: TrainState, result: Epoc
     save_checkpoint(engine, tmp, client_state=client_state, weights_meta=weights_meta)
     if worker.is_main:
         write_meta(tmp, {**client_state, "world_size": worker.world_size, "zero_stage": cfg.deepspeed.zero_stage})
-    ray.train.report(
-        result.metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=checkpoint_dir_name(epoch)
-    )
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+class PreemptionWatch:
+    """Asks Ray Train every `run.preemption_check_every` steps whether a node of the run has a preemption
+    notice; on the first, every worker saves a just-in-time checkpoint mid-epoch and training goes on
+    until the node goes. The restart (on the nodes left, elastic runs) resumes from that checkpoint.
+
+    Every rank asks at the same steps: Ray Train agrees on one answer across the workers.
+    """
+
+    def __init__(self, engine: Any, worker: Worker, state: TrainState) -> None:
+        self.engine, self.worker, self.state = engine, worker, state
+        self.saved = False
+
+    def __call__(self, epoch: int, epoch_step: int) -> None:
+        import ray.train
+
+        every = self.worker.cfg.run.preemption_check_every
+        if self.saved or not every or self.state.step % every:
+            return
+        notice = ray.train.get_preemption_info()
+        if notice is None:
+            return
+        self.saved = True
+        seconds = max(0.0, notice.deadline_ms / 1000 - time.time()) if notice.deadline_ms else float("nan")
+        self.worker.say(
+            f"preemption notice for node(s) {', '.join(n[:12] for n in notice.preempted_node_ids)} (workers "
+            f"{notice.preempted_ranks}, {seconds:.0f} s left): saving a checkpoint at step {self.state.step}, "
+            f"{epoch_step} steps into epoch {epoch}"
+        )
+        task = self.worker.task
+        save_and_report(
+            self.engine, self.worker,
+            # NaN ranks last under either mode: Ray keeps it as the latest checkpoint, never as the best
+            {"epoch": epoch - 1, "step": self.state.step, task.target_metric: float("nan"), "preemption_checkpoint": True},
+            client_state={"epoch": epoch - 1, "step": self.state.step, "best": self.state.best, "epoch_step": epoch_step},
+            name=preemption_checkpoint_dir_name(self.state.step),
+        )
 
 
 # ---------------------------------------------------------------- the loop
@@ -547,19 +697,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     worker = setup_worker(config)
     cfg = worker.cfg
-    num_steps = steps_per_epoch(config["num_train_samples"], worker.world_size, cfg.data.batch_size, cfg.optim.grad_accum)
-    steps = schedule(cfg.optim, num_steps)
-    engine = setup_model_and_engine(
-        cfg, num_outputs=worker.num_outputs, world_size=worker.world_size,
-        warmup_steps=steps.warmup_steps, total_steps=steps.total_steps, output_affine=worker.task.output_affine(),
+    num_steps = steps_per_epoch(config["num_train_samples"], worker.world_size, cfg.data.batch_size, worker.grad_accum)
+    # The schedule is the one of run.num_workers workers, whatever this attempt of an elastic run got.
+    steps = schedule(
+        cfg.optim, steps_per_epoch(config["num_train_samples"], cfg.run.num_workers, cfg.data.batch_size, cfg.optim.grad_accum)
     )
-    state = resume(engine, worker)
+    if note := describe_accumulation(cfg, worker.world_size):
+        worker.say(note)
+    with latest_checkpoint() as directory:
+        universal = directory is not None and needs_universal(directory, worker.world_size)
+        if universal:
+            prepare_universal(directory, worker)
+        engine = setup_model_and_engine(
+            cfg, num_outputs=worker.num_outputs, world_size=worker.world_size,
+            warmup_steps=steps.warmup_steps, total_steps=steps.total_steps, output_affine=worker.task.output_affine(),
+            load_universal=universal,
+        )
+        state = resume(engine, worker, directory, universal=universal)
     log = EpochLog(worker, state)
     train_data, eval_data = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("eval")
+    watch = PreemptionWatch(engine, worker, state) if config.get("preemption_checkpoints", True) else None
     epoch = state.epoch
     try:
         for epoch in range(state.epoch + 1, cfg.optim.epochs + 1):
-            trained = train_one_epoch(engine, train_data, worker, state, epoch=epoch, num_steps=num_steps, writer=log.writer)
+            trained = train_one_epoch(
+                engine, train_data, worker, state, epoch=epoch, num_steps=num_steps, writer=log.writer,
+                done=state.epoch_step if epoch == state.epoch + 1 else 0,
+                on_step=(lambda done, epoch=epoch: watch(epoch, done)) if watch else None,
+            )
             average_buffers(engine, worker.world_size)  # what is evaluated is what is saved
             evaluated = evaluate(engine, eval_data, worker)
             result = epoch_result(engine, worker, state, trained, evaluated, epoch=epoch)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,11 @@ def best_checkpoint(run_directory: str) -> str:
         raise FileNotFoundError(f"{snapshot}: lists no checkpoint yet")
     task = get_task(read_meta(os.path.join(run_directory, results[-1]["checkpoint_dir_name"]))["config"]["task"])
     sign = 1.0 if task.mode == "max" else -1.0
-    best = max(results, key=lambda r: sign * float(r["metrics"].get(task.target_metric, -sign * float("inf"))))
+    def score(result: dict[str, Any]) -> float:
+        value = sign * float(result["metrics"].get(task.target_metric, float("nan")))
+        return -math.inf if math.isnan(value) else value  # a preemption checkpoint (NaN) is never the best
+
+    best = max(results, key=score)
     return os.path.join(run_directory, best["checkpoint_dir_name"])
 
 

@@ -48,7 +48,7 @@ def trial_results(directory: Path) -> dict[str, list[dict]]:
 def test_asha_stops_trials_an_interrupted_search_resumes_and_the_report_is_written(tiny_shards, tmp_path):
     """One search, as a user lives it: Ctrl-C once a trial has finished while others still train, then
     --resume. ASHA cut at least one trial, finished trials were not rerun, every trial ended, the report."""
-    epochs, trials = 3, 6
+    epochs, trials = 2, 5
     args = ["--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "search", *TINY,
             "--set", f"search.num_samples={trials}", "--set", f"optim.epochs={epochs}"]
     directory = tmp_path / "search"

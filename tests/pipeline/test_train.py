@@ -52,6 +52,7 @@ def test_deepspeed_config_is_derived_from_the_typed_config():
         data=DataConfig(batch_size=8),
         optim=OptimConfig(grad_accum=4, grad_clip=5.0),
         deepspeed=DeepSpeedConfig(zero_stage=3, precision="fp16", initial_scale_power=12),
+        run=RunConfig(num_workers=8),
     )
     ds = deepspeed_config(cfg, world_size=8)
     assert ds["train_batch_size"] == 8 * 4 * 8 and ds["train_micro_batch_size_per_gpu"] == 8
