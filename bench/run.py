@@ -2,7 +2,7 @@
 
     python -m bench                  # all, a few tens of minutes on 2 cores
     python -m bench --quick          # smaller settings, a few minutes
-    python -m bench --only decode,train_step --out-dir /tmp/b   # a selection (no Ray without data_path)
+    python -m bench --only decode,train_step --out-dir /tmp/b   # a selection (no Ray without data_path, checkpoint)
     python -m bench --tune-report outputs/tune/asha_report.json # include ASHA's saved compute
     python -m bench --only data_path --update                 # rerun one, keep the other rows of results.json
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Row, machine  # noqa: E402
 
-BENCHMARKS = ("data_path", "decode", "train_step", "zero_memory", "asha", "resizers")  # numbered 1-6 in the table
+BENCHMARKS = ("data_path", "decode", "train_step", "zero_memory", "asha", "resizers", "checkpoint")  # numbered 1-7
 NOT_MEASURED_ASHA = "not measured (run jobs/tune_cub_resizer.py --demo first)"
 
 
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "resizers":
                 from bench import bench_resizers
                 out = bench_resizers.run(quick=args.quick)
+            elif name == "checkpoint":
+                from bench import bench_checkpoint
+                out = bench_checkpoint.run(workdir, quick=args.quick)
             else:
                 out = asha(args.tune_report)
             results["benchmarks"][name] = out["figures"]

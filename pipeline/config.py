@@ -261,6 +261,7 @@ class DeepSpeedConfig:
 
 
 ResumePolicy = Literal["auto", "never", "must", "allow_changes"]
+CheckpointUpload = Literal["async", "sync"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,6 +283,10 @@ class RunConfig:
         cpus_per_worker: CPUs reserved per Train worker.
         seed: seed for model init, augmentation and shuffling.
         checkpoint_every: save a checkpoint every this many epochs (the last epoch always).
+        checkpoint_upload: "async": training goes on while Ray Train copies a saved checkpoint to
+            `storage` in the background (the step waits only for the local save); "sync": it waits for
+            the upload too. A just-in-time checkpoint on a preemption notice always uploads before
+            training goes on.
         max_failures: worker-group restarts from the latest checkpoint before giving up (node
             preemptions are counted apart, without limit: `ray.train.FailureConfig.max_preemption_failures`).
         preemption_check_every: every this many optimizer steps, ask Ray Train whether a node of the run
@@ -308,6 +313,7 @@ class RunConfig:
     cpus_per_worker: float = 1.0
     seed: int = 0
     checkpoint_every: int = 1
+    checkpoint_upload: CheckpointUpload = "async"
     max_failures: int = 3
     preemption_check_every: int = 1
     log_every: int = 50

@@ -169,7 +169,7 @@ def plan(cfg: JobConfig, *, resources: dict[str, float], manifest: dict[str, Any
 RESUME_MAY_CHANGE = frozenset({
     "optim.epochs",
     "run.num_workers", "run.min_workers", "run.cpus_per_worker", "run.use_gpu", "run.autoscale", "run.max_failures", "run.preemption_check_every",
-    "run.checkpoint_every", "run.log_every", "run.resume", "run.storage", "run.mlflow", "run.mlflow_experiment",
+    "run.checkpoint_every", "run.checkpoint_upload", "run.log_every", "run.resume", "run.storage", "run.mlflow", "run.mlflow_experiment",
     "data.num_cpus_per_read", "data.strict", "data.max_pixels",
 })
 

@@ -628,15 +628,23 @@ def report_and_save(engine: Any, worker: Worker, state: TrainState, result: Epoc
         ray.train.report(result.metrics)
         return
     worker.say(f"saving checkpoint of epoch {epoch} (step {state.step})")
-    save_and_report(engine, worker, result.metrics, client_state={"epoch": epoch, "step": state.step, "best": state.best},
-                    name=checkpoint_dir_name(epoch))
+    blocked = save_and_report(
+        engine, worker, result.metrics, client_state={"epoch": epoch, "step": state.step, "best": state.best},
+        name=checkpoint_dir_name(epoch), upload=cfg.run.checkpoint_upload,
+    )
+    background = " (uploading in the background)" if cfg.run.checkpoint_upload == "async" else ""
+    worker.say(f"saved checkpoint of epoch {epoch}: training waited {blocked:.2f} s{background}")
 
 
-def save_and_report(engine: Any, worker: Worker, metrics: dict[str, Any], *, client_state: dict[str, Any], name: str) -> None:
+def save_and_report(
+    engine: Any, worker: Worker, metrics: dict[str, Any], *, client_state: dict[str, Any], name: str, upload: str = "sync"
+) -> float:
     """Every rank saves its shard into a local folder, rank 0 the consolidated weights and `meta.json`;
-    Ray Train uploads them as one checkpoint `name` of the run."""
+    Ray Train uploads them as one checkpoint `name` of the run, before this returns ("sync") or in the
+    background ("async", the local folder is deleted after the upload). Returns the seconds training waited."""
     import ray.train
 
+    started = time.perf_counter()
     cfg = worker.cfg
     tmp = tempfile.mkdtemp(prefix="ckpt-")
     weights_meta = {
@@ -646,8 +654,16 @@ def save_and_report(engine: Any, worker: Worker, metrics: dict[str, Any], *, cli
     save_checkpoint(engine, tmp, client_state=client_state, weights_meta=weights_meta)
     if worker.is_main:
         write_meta(tmp, {**client_state, "world_size": worker.world_size, "zero_stage": cfg.deepspeed.zero_stage})
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
-    shutil.rmtree(tmp, ignore_errors=True)
+    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+    if upload == "async":
+        ray.train.report(
+            metrics, checkpoint=checkpoint, checkpoint_dir_name=name,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC, delete_local_checkpoint_after_upload=True,
+        )
+    else:
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return time.perf_counter() - started
 
 
 class PreemptionWatch:
