@@ -107,9 +107,13 @@ def console_lines(enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
         return
+    import ray
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    queue = Queue(actor_options={"num_cpus": 0})
+    # On the driver's node: a queue on a worker node would die with it (a spot reclaim) and take the run along.
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     done = threading.Event()
 
     def pump() -> None:

@@ -224,9 +224,12 @@ class Worker:
         if not self.is_main:
             return
         if self.console is not None:
-            self.console.put(line)
-        else:
-            print(line, flush=True)
+            try:
+                self.console.put(line)
+                return
+            except Exception:  # noqa: BLE001 - the console is never a reason to stop training
+                self.console = None
+        print(line, flush=True)
 
 
 def setup_worker(config: dict[str, Any]) -> Worker:
