@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import posixpath
 import shutil
@@ -34,6 +35,7 @@ import torch
 
 from pipeline.layout import (
     DEEPSPEED_TAG,
+    UNIVERSAL_POINTER,
     UNIVERSAL_TAG,
     EVAL_SAMPLES_FILE,
     HISTORY_FILE,
@@ -146,7 +148,7 @@ def make_universal(directory: str) -> bool:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress bars
         _convert(directory, partial)
     os.replace(partial, target)
-    with open(os.path.join(directory, "latest_universal"), "w") as f:  # DeepSpeed's pointer, as it writes it
+    with open(os.path.join(directory, UNIVERSAL_POINTER), "w") as f:  # DeepSpeed's pointer, as it writes it
         f.write(UNIVERSAL_TAG)
     return True
 
@@ -208,6 +210,13 @@ def weights_only_engine(config: Any = None) -> Any:
                 return torch.load(path, map_location=map_location, weights_only=True)
 
     return WeightsOnlyCheckpointEngine(config)
+
+
+def checkpoint_score(metrics: dict[str, Any], task: Any) -> float:
+    """How good a checkpoint is by the task's target metric, higher better under either mode; -inf when it
+    has none or NaN (a just-in-time checkpoint taken on a preemption notice is never the best)."""
+    value = float(metrics.get(task.target_metric, math.nan)) * (1.0 if task.mode == "max" else -1.0)
+    return -math.inf if math.isnan(value) else value
 
 
 def saved_world_size(directory: str) -> int | None:

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.checkpoint import TEST_HOOKS, pop_stop, read_history
+from pipeline.checkpoint import TEST_HOOKS, checkpoint_score, pop_stop, read_history
 from pipeline.config import JobConfig, to_dict
 from pipeline.data import build_dataset, exact_eval_data_config
 from pipeline.layout import join
-from pipeline.runs import Run, plan, write_run_config
+from pipeline.runs import Run, cpus_needed, plan, write_run_config
 from pipeline.train import train_loop_per_worker
 
 
@@ -154,13 +154,9 @@ def run(run: Run, *, callbacks: list | None = None, verbose: bool = False, conso
     error = pop_stop(run.directory)
     if error:
         raise RuntimeError(error)
-    best = None
-    if result.best_checkpoints:
-        sign = 1 if run.task.mode == "max" else -1
-        metric = run.task.target_metric
-        scored = [(c, sign * m.get(metric, float("nan"))) for c, m in result.best_checkpoints]
-        scored = [(c, score) for c, score in scored if not math.isnan(score)]  # a preemption checkpoint is no candidate
-        best = max(scored, key=lambda cs: cs[1])[0].path if scored else None
+    scored = [(checkpoint_score(metrics, run.task), c) for c, metrics in result.best_checkpoints]
+    scored = [(score, c) for score, c in scored if score > -math.inf]  # a preemption checkpoint is no candidate
+    best = max(scored, key=lambda sc: sc[0])[1].path if scored else None
     return RunResult(
         run=run,
         history=read_history(run.directory),
@@ -176,12 +172,11 @@ def waiting_line(run: Run, resources: dict[str, float]) -> str | None:
     pending placement group, and an elastic run's request for `run.num_workers`) and withdraws the
     request when the run ends, so the nodes idle out afterwards (`tests/test_cluster.py`).
     """
-    cfg = run.cfg.run
     fewest = run.worker_range[0]
     if run.use_gpu:
         have, need, unit = resources.get("GPU", 0), fewest, "GPUs"
     else:
-        have, need, unit = resources.get("CPU", 0), fewest * cfg.cpus_per_worker + run.cfg.data.num_cpus_per_read, "CPUs"
+        have, need, unit = resources.get("CPU", 0), cpus_needed(run.cfg, fewest), "CPUs"
     if have >= need:
         return None
     return f"waiting for the autoscaler: the run needs {need:g} {unit}, the cluster has {have:g} now; training starts when they arrive"

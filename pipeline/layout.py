@@ -32,6 +32,7 @@ import re
 CHECKPOINT_PREFIX = "checkpoint_epoch_"
 DEEPSPEED_TAG = "ds"
 UNIVERSAL_TAG = "ds_universal"  # the ZeRO shards of DEEPSPEED_TAG, converted for any world size
+UNIVERSAL_POINTER = "latest_universal"  # DeepSpeed's file naming UNIVERSAL_TAG
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
 HISTORY_FILE = "history.jsonl"

@@ -76,8 +76,7 @@ class Run:
     @property
     def worker_range(self) -> tuple[int, int]:
         """(fewest, most) workers: equal unless elastic."""
-        run = self.cfg.run
-        return (run.min_workers if self.elastic else run.num_workers, run.num_workers)
+        return (fewest_workers(self.cfg)[0], self.cfg.run.num_workers)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -284,19 +283,31 @@ def _check_classes(cfg: JobConfig, num_classes: int) -> None:
         )
 
 
+def fewest_workers(cfg: JobConfig) -> tuple[int, str]:
+    """The fewest workers a run starts with, and the field that sets it (`run.min_workers` of an elastic run)."""
+    if cfg.run.min_workers is not None:
+        return cfg.run.min_workers, "run.min_workers"
+    return cfg.run.num_workers, "run.num_workers"
+
+
+def cpus_needed(cfg: JobConfig, workers: int) -> float:
+    """CPUs a CPU run of `workers` Train workers needs: theirs plus one data read task."""
+    return workers * cfg.run.cpus_per_worker + cfg.data.num_cpus_per_read
+
+
 def _check_resources(cfg: JobConfig, resources: dict[str, float]) -> bool:
     """Whether the run trains on GPUs; raises when the cluster cannot host its workers."""
     gpus = resources.get("GPU", 0)
     use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else gpus > 0
     # An elastic run starts with as few as run.min_workers; an autoscaling cluster adds nodes on demand.
-    fewest, field = (cfg.run.min_workers, "run.min_workers") if cfg.run.min_workers else (cfg.run.num_workers, "run.num_workers")
+    fewest, field = fewest_workers(cfg)
     if use_gpu and gpus < fewest and not cfg.run.autoscale:
         raise ValueError(
             f"{field}={fewest} needs {fewest} GPUs; the cluster has "
             f"{gpus:g}. Lower {field}, add GPU nodes, or on an autoscaling cluster "
             "set run.autoscale=true to ask the autoscaler for them"
         )
-    needed = fewest * cfg.run.cpus_per_worker + cfg.data.num_cpus_per_read
+    needed = cpus_needed(cfg, fewest)
     if not use_gpu and resources.get("CPU", 0) < needed and not cfg.run.autoscale:
         raise ValueError(
             f"{field}={fewest} x run.cpus_per_worker={cfg.run.cpus_per_worker:g} plus one "

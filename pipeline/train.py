@@ -40,7 +40,7 @@ from pipeline.checkpoint import (
     write_stop,
 )
 from pipeline.config import JobConfig, OptimConfig, from_dict, to_dict
-from pipeline.layout import TENSORBOARD_DIR, UNIVERSAL_TAG, checkpoint_dir_name, preemption_checkpoint_dir_name
+from pipeline.layout import TENSORBOARD_DIR, UNIVERSAL_POINTER, UNIVERSAL_TAG, checkpoint_dir_name, preemption_checkpoint_dir_name
 from pipeline.model import build_model, param_groups
 from pipeline.tasks import Task, get_task
 from pipeline.tracking import MlflowLog
@@ -118,6 +118,7 @@ def deepspeed_config(cfg: JobConfig, world_size: int, *, load_universal: bool = 
         load_universal: the engine resumes from a universal checkpoint (another world size wrote it).
     """
     ds = cfg.deepspeed
+    accum = accumulation(cfg, world_size)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -125,8 +126,8 @@ def deepspeed_config(cfg: JobConfig, world_size: int, *, load_universal: bool = 
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": accumulation(cfg, world_size),
-        "train_batch_size": cfg.data.batch_size * accumulation(cfg, world_size) * world_size,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": cfg.data.batch_size * accum * world_size,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": ds.precision == "bf16"},
@@ -387,7 +388,7 @@ def _upload_universal(checkpoint: Any, directory: str) -> None:
 
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         return  # converted in place
-    for name in (UNIVERSAL_TAG, "latest_universal"):
+    for name in (UNIVERSAL_TAG, UNIVERSAL_POINTER):
         source = os.path.join(directory, name)
         target = f"{checkpoint.path.rstrip('/')}/{name}"
         if os.path.isdir(source):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -69,13 +68,10 @@ def best_checkpoint(run_directory: str) -> str:
         results = json.load(f).get("checkpoint_results", [])
     if not results:
         raise FileNotFoundError(f"{snapshot}: lists no checkpoint yet")
-    task = get_task(read_meta(os.path.join(run_directory, results[-1]["checkpoint_dir_name"]))["config"]["task"])
-    sign = 1.0 if task.mode == "max" else -1.0
-    def score(result: dict[str, Any]) -> float:
-        value = sign * float(result["metrics"].get(task.target_metric, float("nan")))
-        return -math.inf if math.isnan(value) else value  # a preemption checkpoint (NaN) is never the best
+    from pipeline.checkpoint import checkpoint_score
 
-    best = max(results, key=score)
+    task = get_task(read_meta(os.path.join(run_directory, results[-1]["checkpoint_dir_name"]))["config"]["task"])
+    best = max(results, key=lambda result: checkpoint_score(result["metrics"], task))
     return os.path.join(run_directory, best["checkpoint_dir_name"])
 
 

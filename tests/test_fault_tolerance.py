@@ -25,6 +25,7 @@ from pipeline.manifest import DataError
 from pipeline.runs import plan as plan_run
 from pipeline.runs import write_run_config
 from pipeline.train import steps_per_epoch
+from tests.cluster import TINY_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ModelConfig(
@@ -33,11 +34,6 @@ TINY_MODEL = ModelConfig(
     img_size=16,
     backbone_kwargs={"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2},
 )
-TINY_ARGS = [
-    "--set", "model.img_size=16",
-    "--set", 'model.backbone_kwargs={"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2}',
-    "--set", "data.crop_size=32", "--set", "data.batch_size=4", "--set", "resizer.num_filters=8",
-]
 
 
 def tiny_job(data_path: str, storage: str, **changes) -> JobConfig:

@@ -4,7 +4,6 @@ dashboard APIs, then stop that head (only the processes it started)."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,23 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.cluster import TINY_ARGS, auth_token, free_port
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--set", "model.img_size=16",
-    "--set", 'model.backbone_kwargs={"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2}',
-    "--set", "data.crop_size=32", "--set", "data.batch_size=4", "--set", "resizer.num_filters=8",
-    "--set", "optim.epochs=2",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def auth_token() -> str:
-    return (Path.home() / ".ray" / "auth_token").read_text().strip()
+TINY = [*TINY_ARGS, "--set", "optim.epochs=2"]
 
 
 def get_json(url: str) -> object:
