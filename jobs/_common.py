@@ -248,17 +248,19 @@ def print_summary(result: Any, cfg: JobConfig, *, reference: str | None = None) 
 
 
 def write_grid(result: Any, cfg: JobConfig) -> str | None:
-    """The resizer grid PNG of the best checkpoint, next to the run (local storage)."""
-    from pipeline.layout import GRID_FILE, is_uri
+    """The resizer grid PNG of the best checkpoint, next to the run (uploaded there for a URI)."""
+    from pipeline.layout import GRID_FILE
     from pipeline.resizer import resizer_kind
+    from pipeline.storage import local_copy
 
-    if not resizer_kind(cfg.resizer.kind).learned or result.best_checkpoint is None or is_uri(result.run_dir):
+    if not resizer_kind(cfg.resizer.kind).learned or result.best_checkpoint is None:
         return None
     from pipeline.resizer_grid import load_model, resizer_grid, sample_images
 
     model, saved_cfg = load_model(result.best_checkpoint, cfg)
     crops = sample_images(saved_cfg, urls=result.run.eval_urls, images=[], count=4)
-    return str(resizer_grid(model, crops, Path(result.run_dir) / GRID_FILE, kind=saved_cfg.resizer.kind))
+    with local_copy(result.run_dir, include=lambda relative: False) as local:
+        return local.where(resizer_grid(model, crops, local.path / GRID_FILE, kind=saved_cfg.resizer.kind))
 
 
 def show_config(cfg: JobConfig) -> int:

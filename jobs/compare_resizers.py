@@ -143,21 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     from pipeline.compare import format_table, write_comparison
-    from pipeline.layout import is_uri
     from pipeline.tune import run_comparison
 
     init_ray(args.demo, verbose=args.verbose)
     started = time.perf_counter()
     directory = run_comparison(cfg, resume=args.resume, verbose=args.verbose).directory
     minutes = (time.perf_counter() - started) / 60
-    if is_uri(directory):
-        print(f"comparison in {directory}; sync it and run: python -m pipeline.compare <local folder>")
-        return 0
     summary = write_comparison(directory)
     print(f"\ncomparison of {len(summary['arms'])} arms, {minutes:.1f} min of training\n")
     print(format_table(summary))
     print("\n".join(summary["verdicts"]))
-    print(f"\nreport:      {directory}/comparison.md, comparison.html, accuracy_per_arm.png, learning_curves.png, resizer_grid_all.png")
+    print(f"\nreport:      {summary['report']}, comparison.md, accuracy_per_arm.png, learning_curves.png, resizer_grid_all.png")
     print(f"TensorBoard: tensorboard --logdir {directory}")
     return 0
 

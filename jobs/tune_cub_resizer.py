@@ -84,7 +84,6 @@ def demo_config(data_path: str) -> SearchJobConfig:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.layout import is_uri
     from pipeline.report import format_table, write_report
     from pipeline.tune import run_search
 
@@ -97,11 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         return show_config(cfg)
     init_ray(args.demo, verbose=args.verbose)
     directory = run_search(cfg, resume=args.resume, verbose=args.verbose).directory
-    if not is_uri(directory):
-        summary = write_report(directory)
-        print(format_table(summary))
-        print(f"report:      {directory}/report.html")
-        print(f"TensorBoard: tensorboard --logdir {directory}")
+    summary = write_report(directory)
+    print(format_table(summary))
+    print(f"report:      {summary['report']}, curves.png, hyperparameters.png, trials.csv")
+    print(f"TensorBoard: tensorboard --logdir {directory}")
     return 0
 
 

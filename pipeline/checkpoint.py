@@ -46,6 +46,7 @@ from pipeline.layout import (
     is_uri,
     join,
 )
+from pipeline.storage import filesystem
 
 SAVE_DELAY_ENV = "LEARNED_RESIZER_TEST_SAVE_DELAY_S"
 STEP_DELAY_ENV = "LEARNED_RESIZER_TEST_STEP_DELAY_S"  # the cluster tests' hook: slower steps, a window to act in
@@ -234,9 +235,7 @@ def latest_checkpoint_meta(run_directory: str) -> dict[str, Any] | None:
     Ray Train records the latest complete checkpoint in its snapshot only after the upload finished,
     so a checkpoint interrupted mid-write is never the one resumed from.
     """
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(run_directory)
+    fs, path = filesystem(run_directory)
     snapshot = posixpath.join(path, RAY_CHECKPOINT_SNAPSHOT)
     if not fs.exists(snapshot):
         return None
@@ -253,7 +252,14 @@ def write_meta(directory: str, meta: dict[str, Any]) -> None:
 
 
 def load_weights(path: str) -> dict[str, Any]:
-    """Reads `model.pt` from a checkpoint directory (or the file itself)."""
+    """Reads `model.pt` from a checkpoint directory (or the file itself), local or a URI."""
+    if is_uri(path):
+        fs, target = filesystem(path)
+        if fs.isdir(target):
+            target = posixpath.join(target, WEIGHTS_FILE)
+        if not fs.isfile(target):
+            raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}; give a checkpoint folder written by a training run")
+        return torch.load(io.BytesIO(fs.cat_file(target)), map_location="cpu", weights_only=True)
     if os.path.isdir(path):
         path = os.path.join(path, WEIGHTS_FILE)
     if not os.path.isfile(path):
@@ -273,9 +279,7 @@ def reconcile_history(directory: str, *, through_epoch: int) -> int:
     """Keeps one record per epoch up to `through_epoch`, the epoch of the checkpoint a run resumes from
     (0 for a run that starts over): epochs of an abandoned attempt that no kept checkpoint covers, and
     duplicates left by a crash between the record and its checkpoint, go. Returns the records dropped."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     target = posixpath.join(path, HISTORY_FILE)
     if not fs.exists(target):
         return 0
@@ -287,9 +291,7 @@ def reconcile_history(directory: str, *, through_epoch: int) -> int:
 
 
 def _write_history(directory: str, records: list[dict[str, Any]]) -> None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     fs.makedirs(path, exist_ok=True)
     data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
     target = posixpath.join(path, HISTORY_FILE)
@@ -306,9 +308,7 @@ def _write_history(directory: str, records: list[dict[str, Any]]) -> None:
 
 def read_history(directory: str) -> list[dict[str, Any]]:
     """The per-epoch metrics of a run, one record per epoch; the last record of an epoch wins."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     target = posixpath.join(path, HISTORY_FILE)
     if not fs.exists(target):
         return []
@@ -325,14 +325,13 @@ def write_eval_samples(directory: str, samples: dict[str, Any], *, epoch: int) -
     each sample's key, replacing the previous epoch's; what paired comparisons between runs read."""
     import io
 
-    import fsspec
     import numpy as np
 
     if not samples:
         return
     buffer = io.BytesIO()
     np.savez(buffer, epoch=np.int64(epoch), **samples)
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     target = posixpath.join(path, EVAL_SAMPLES_FILE)
     fs.makedirs(path, exist_ok=True)
     fs.pipe_file(target + ".tmp", buffer.getvalue())
@@ -343,10 +342,9 @@ def read_eval_samples(directory: str) -> dict[str, Any] | None:
     """The per-sample evaluation outputs a run last wrote (`write_eval_samples`), or None."""
     import io
 
-    import fsspec
     import numpy as np
 
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     target = posixpath.join(path, EVAL_SAMPLES_FILE)
     if not fs.exists(target):
         return None
@@ -356,9 +354,7 @@ def read_eval_samples(directory: str) -> dict[str, Any] | None:
 
 def write_stop(directory: str, message: str) -> None:
     """Records why the loop ended the run (Ray's result only carries checkpointed metrics)."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     fs.makedirs(path, exist_ok=True)
     with fs.open(posixpath.join(path, STOP_FILE), "w") as f:
         f.write(message)
@@ -366,9 +362,7 @@ def write_stop(directory: str, message: str) -> None:
 
 def pop_stop(directory: str) -> str | None:
     """The reason the loop ended the run early, if it did; removes the record."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     target = posixpath.join(path, STOP_FILE)
     if not fs.exists(target):
         return None
@@ -387,9 +381,7 @@ class LocalMirror:
 
     def sync(self) -> None:
         if self.local != self.target:
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(self.target)
+            fs, path = filesystem(self.target)
             fs.put(self.local.rstrip("/") + "/", path, recursive=True)
 
     def close(self) -> None:

@@ -27,14 +27,14 @@ import base64
 import html
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.layout import CHECKPOINT_PREFIX, WEIGHTS_FILE, is_uri, trial_run_name
+from pipeline.layout import CHECKPOINT_PREFIX, META_FILE, WEIGHTS_FILE, trial_run_name
 from pipeline.report import Trial, load_trials
+from pipeline.storage import LocalCopy, local_copy
 from pipeline.resizer import resizer_kind
 
 REPORT_FILES = ("comparison.md", "comparison.json", "accuracy_per_arm.png", "learning_curves.png", "comparison.html")
@@ -322,12 +322,13 @@ def plot_learning_curves(runs: dict[str, dict[int, Trial]], metric: str, path: P
 
 
 def latest_checkpoint(run_directory: Path) -> Path | None:
-    """The last epoch's checkpoint folder of a Train run (the model whose final metric is reported)."""
-    folders = sorted(p for p in run_directory.glob(f"{CHECKPOINT_PREFIX}*") if (p / WEIGHTS_FILE).is_file())
+    """The last epoch's checkpoint folder of a Train run (the model whose final metric is reported); a
+    complete one has `meta.json`, written beside the weights."""
+    folders = sorted(p for p in run_directory.glob(f"{CHECKPOINT_PREFIX}*") if (p / META_FILE).is_file())
     return folders[-1] if folders else None
 
 
-def grid_all_resizers(directory: Path, summary: dict[str, Any], runs: dict[str, dict[int, Trial]], job: Any, *, count: int = 4) -> Path | None:
+def grid_all_resizers(local: LocalCopy, summary: dict[str, Any], runs: dict[str, dict[int, Trial]], job: Any, *, count: int = 4) -> Path | None:
     """`resizer_grid_all.png`: the same evaluation crops through every arm's resizer. Learned arms
     use the final checkpoint of their best seed; fixed arms are built from their kind."""
     from pipeline.resizer import build_resizer
@@ -339,10 +340,10 @@ def grid_all_resizers(directory: Path, summary: dict[str, Any], runs: dict[str, 
     for arm, by_seed in runs.items():
         finals = by_arm[arm]["final"] or {s: t.curve(summary["metric"])[-1][1] for s, t in by_seed.items()}
         seed = max(finals, key=finals.get)
-        checkpoint = latest_checkpoint(directory / trial_run_name(by_seed[seed].trial_id))
+        checkpoint = latest_checkpoint(local.path / trial_run_name(by_seed[seed].trial_id))
         if checkpoint is None:
             continue
-        model, saved = load_model(str(checkpoint), job)
+        model, saved = load_model(str(local.fetch((checkpoint / WEIGHTS_FILE).relative_to(local.path))), job)
         reference = reference or (model, saved)
         # A fixed arm's resizer to the model's own input size (the full-resolution arm's is the identity).
         resizer = model.resizer if resizer_kind(saved.resizer.kind).learned else build_resizer(saved.resizer, (model.input_size,) * 2)
@@ -354,7 +355,7 @@ def grid_all_resizers(directory: Path, summary: dict[str, Any], runs: dict[str, 
     crops = sample_images(saved, urls=urls, images=[], count=count)
     if not crops:
         return None
-    return resizer_columns_grid(model, crops, columns, directory / "resizer_grid_all.png", difference_to=summary["baseline"])
+    return resizer_columns_grid(model, crops, columns, local.path / "resizer_grid_all.png", difference_to=summary["baseline"])
 
 
 def _html_block(block: str) -> str:
@@ -387,21 +388,29 @@ td,th{{border:1px solid #ccc;padding:3px 6px}}img{{max-width:100%;display:block;
 
 
 def write_comparison(directory: str | Path, *, grid: bool = True) -> dict[str, Any]:
-    """Writes the report files into a (local) comparison folder and returns the summary.
+    """Writes the report files into a comparison folder (local or a URI) and returns the summary.
 
     Raises:
         ValueError: the folder has no comparison job file or no finished epoch of any arm.
+        FileNotFoundError: no such folder.
     """
+    with local_copy(directory) as local:
+        summary = _write_comparison(local, grid=grid)
+        summary["report"] = local.where(local.path / "comparison.html")
+    return summary
+
+
+def _write_comparison(local: LocalCopy, *, grid: bool) -> dict[str, Any]:
     from pipeline.config import CompareJobConfig
     from pipeline.tasks import get_task
     from pipeline.tune import comparison_arms, read_experiment
 
-    directory = Path(directory)
+    directory = local.path
     job = read_experiment(str(directory), CompareJobConfig)
     metric = get_task(job.task).target_metric
     runs = arm_runs(load_trials(directory), metric)
     if not runs:
-        raise ValueError(f"{directory}: no trial with an arm and a finished epoch yet")
+        raise ValueError(f"{local.source}: no trial with an arm and a finished epoch yet")
     kinds = {arm: values["resizer.kind"] for arm, values in comparison_arms(job).items()}
     summary = summarize(
         runs, metric=metric, baseline=job.compare.baseline, epochs=job.optim.epochs, confidence=job.compare.confidence, kinds=kinds
@@ -412,12 +421,12 @@ def write_comparison(directory: str | Path, *, grid: bool = True) -> dict[str, A
     summary["verdicts"] = lines
     images = [plot_arms(summary, directory / "accuracy_per_arm.png"), plot_learning_curves(runs, metric, directory / "learning_curves.png", kinds)]
     if grid:
-        picture = grid_all_resizers(directory, summary, runs, job)
+        picture = grid_all_resizers(local, summary, runs, job)
         if picture is not None:
             images.append(picture)
-    (directory / "comparison.md").write_text(f"# Comparison {directory.name}\n\n{table}\n" + "".join(f"- {v}\n" for v in lines))
+    (directory / "comparison.md").write_text(f"# Comparison {local.name}\n\n{table}\n" + "".join(f"- {v}\n" for v in lines))
     (directory / "comparison.json").write_text(json.dumps(summary, indent=2, default=str))
-    (directory / "comparison.html").write_text(_html(summary, table, lines, images, f"Comparison {directory.name}"))
+    (directory / "comparison.html").write_text(_html(summary, table, lines, images, f"Comparison {local.name}"))
     return summary
 
 
@@ -426,17 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", help="a comparison folder: <storage>/<name> of jobs/compare_resizers.py")
     parser.add_argument("--no-grid", action="store_true", help="skip resizer_grid_all.png (needs the checkpoints)")
     args = parser.parse_args(argv)
-    if is_uri(args.directory) or not os.path.isdir(args.directory):
-        print(f"error: {args.directory} is not a local folder (sync a cloud one first)", file=sys.stderr)
-        return 2
     try:
         summary = write_comparison(args.directory, grid=not args.no_grid)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(summary))
     print("\n".join(summary["verdicts"]))
-    print(f"report: {Path(args.directory) / 'comparison.html'}")
+    print(f"report: {summary['report']}")
     return 0
 
 

@@ -10,6 +10,7 @@ import posixpath
 from typing import Any
 
 from data_prep.manifest import MANIFEST_NAME as MANIFEST, is_shard_name
+from pipeline.storage import filesystem
 
 
 class DataError(ValueError):
@@ -22,11 +23,9 @@ def read_manifest(path: str) -> dict[str, Any]:
     Raises:
         DataError: no such folder or manifest, or an unreadable manifest.
     """
-    import fsspec
-
     if not path:
         raise DataError("data.path is empty; point it at a folder of shards made by `python -m data_prep`")
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = filesystem(path)
     manifest_path = posixpath.join(root.rstrip("/"), MANIFEST)
     if not fs.exists(manifest_path):
         hint = "it does not exist" if not fs.exists(root) else "it holds no manifest.json"

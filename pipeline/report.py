@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.layout import PARAMS_FILE, RESULT_FILE, TRIAL_DIR_PREFIX, is_uri
+from pipeline.layout import PARAMS_FILE, RESULT_FILE, TRIAL_DIR_PREFIX
 from pipeline.resizer import LEARNED_KINDS, resizer_kind
 
 
@@ -228,15 +228,24 @@ trial ({'' if fraction is None else f'{fraction:.0%}'}).</p>
 
 
 def write_report(directory: str | Path) -> dict[str, Any]:
-    """Writes the report files into a (local) search folder and returns the summary.
+    """Writes the report files into a search folder (local or a URI) and returns the summary.
 
     Raises:
         ValueError: the folder holds no search, or no trial yet.
+        FileNotFoundError: no such folder.
     """
+    from pipeline.storage import local_copy
+
+    with local_copy(directory) as local:
+        summary = _write_report(local.path, name=local.name)
+        summary["report"] = local.where(local.path / "report.html")
+    return summary
+
+
+def _write_report(directory: Path, *, name: str) -> dict[str, Any]:
     from pipeline.config import SearchJobConfig
     from pipeline.tune import read_experiment, search_objective
 
-    directory = Path(directory)
     job = read_experiment(str(directory), SearchJobConfig)
     metric, mode = search_objective(job)
     max_epochs = job.optim.epochs
@@ -252,7 +261,7 @@ def write_report(directory: str | Path) -> dict[str, Any]:
         writer = csv.DictWriter(f, fieldnames=list(summary["rows"][0]))
         writer.writeheader()
         writer.writerows(summary["rows"])
-    (directory / "report.html").write_text(_html(summary, images, f"Search {directory.name}"))
+    (directory / "report.html").write_text(_html(summary, images, f"Search {name}"))
     (directory / "tune_summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=2))
     return summary
 
@@ -281,16 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", help="a search folder: <storage>/<name> of a Tune job")
     args = parser.parse_args(argv)
-    if is_uri(args.directory) or not Path(args.directory).is_dir():
-        print(f"error: {args.directory} is not a local folder (sync a cloud one first)", file=sys.stderr)
-        return 2
     try:
         summary = write_report(args.directory)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(summary))
-    print(f"report: {Path(args.directory) / 'report.html'}")
+    print(f"report: {summary['report']}")
     return 0
 
 

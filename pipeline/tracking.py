@@ -22,6 +22,7 @@ import posixpath
 from typing import Any
 
 from pipeline.config import JobConfig, to_dict
+from pipeline.storage import filesystem
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
 DEFAULT_EXPERIMENT = "learned_resizer"
@@ -54,9 +55,7 @@ def params(cfg: JobConfig) -> dict[str, Any]:
 
 
 def _run_file(run_dir: str) -> tuple[Any, str]:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(run_dir)
+    fs, path = filesystem(run_dir)
     return fs, posixpath.join(path, MLFLOW_RUN_FILE)
 
 

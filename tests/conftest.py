@@ -63,3 +63,23 @@ def shards_copy(tiny_shards, tmp_path) -> str:
     target = tmp_path / "shards"
     shutil.copytree(tiny_shards["path"], target)
     return str(target)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 server on 127.0.0.1 (moto), with this process's environment (and so every job and local
+    Ray started from it) pointed at it through AWS_ENDPOINT_URL; restored afterwards."""
+    from tests.servers import S3Server
+
+    server = S3Server()
+    saved = {name: os.environ.get(name) for name in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()

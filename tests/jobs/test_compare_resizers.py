@@ -99,18 +99,27 @@ def test_two_arms_two_seeds_write_every_report_file(tiny_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_ava_comparison_reports_srcc(tmp_path):
+def test_ava_comparison_reads_shards_from_s3_and_writes_runs_and_report_there(s3, tmp_path, capsys):
+    """The AVA comparison with its shards and its storage in a bucket of a real S3 server (moto on 127.0.0.1):
+    Ray Data reads the shards, every trial's Train run and Tune's experiment are written there, and the
+    report (and `python -m pipeline.compare` on the URI) goes beside them."""
+    from pipeline import compare
+    from pipeline.checkpoint import latest_checkpoint_meta, load_weights
+
     src = generate_ava_demo(tmp_path / "raw", num_images=60, image_size=(64, 64), workers=1)
     shard_ava(src, str(tmp_path / "shards"), ShardOptions(shard_size=16, workers=1, verbose=False))
+    fs, bucket = s3.fs, s3.bucket("ava")
+    fs.put(str(tmp_path / "shards"), "ava/shards", recursive=True)
     result = run_job(
-        "--recipe", "ava", "--demo", "--data", str(tmp_path / "shards"), "--storage", str(tmp_path), "--name", "ava",
+        "--recipe", "ava", "--demo", "--data", f"{bucket}/shards", "--storage", f"{bucket}/runs", "--name", "cmp",
         *TINY_RESNET, "--set", "optim.epochs=1", "--set", "compare.learned=[]", "--set", "compare.muller=[2]",
         "--set", 'compare.fixed_arms=["bilinear"]', "--set", "compare.seeds=[0, 1]", "--set", "compare.max_concurrent=2",
         "--set", "compare.bootstrap=200",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    summary = json.loads((tmp_path / "ava" / "comparison.json").read_text())
+    assert "report:      s3://ava/runs/cmp/comparison.html" in result.stdout
+    summary = json.loads(fs.cat_file("ava/runs/cmp/comparison.json"))
     assert summary["metric"] == "srcc" and summary["epochs"] == 1
     rows = {r["arm"]: r for r in summary["arms"]}
     assert set(rows) == {"muller_l2", "bilinear"}  # MULLER trains in front of the quality head
@@ -118,19 +127,26 @@ def test_ava_comparison_reports_srcc(tmp_path):
     assert len(srcc["per_seed"]) == 2 and -2.0 <= srcc["difference"]["low"] <= srcc["difference"]["high"] <= 2.0
     for row in rows.values():
         assert row["final_estimate"]["n"] == 2 and -1.0 <= row["final_estimate"]["mean"] <= 1.0
-    assert (tmp_path / "ava" / "resizer_grid_all.png").stat().st_size > 0
+    assert fs.size("ava/runs/cmp/resizer_grid_all.png") > 0
     assert "final srcc mean ± std" in result.stdout
     # every trial trained the AVA demo recipe (jobs/ava_nima.py) and logged every quality metric, over the whole test split
-    histories = list((tmp_path / "ava").glob("train_*/history.jsonl"))
-    assert len(histories) == 4
-    for history in histories:
-        for record in (json.loads(line) for line in history.read_text().splitlines()):
+    runs = sorted(fs.glob("ava/runs/cmp/train_*"))
+    assert len(runs) == 4
+    for run in runs:
+        for record in (json.loads(line) for line in fs.cat_file(f"{run}/history.jsonl").decode().splitlines()):
             assert all(math.isfinite(record[name]) for name in QualityTask.metric_names), record
             assert record["num_eval_samples"] == 12 and 0.0 <= record["emd"] <= 1.0 and -1.0 <= record["srcc"] <= 1.0
-    from pipeline.trained import load_trained
+        checkpoint = f"{run}/{latest_checkpoint_meta(f's3://{run}')['checkpoint']}"
+        assert fs.find(f"{checkpoint}/ds"), checkpoint  # the ZeRO shards went up with the weights
+        weights = load_weights(f"s3://{checkpoint}")
+        if weights["config"]["resizer"]["kind"] == "muller":
+            assert weights["state_dict"]["resizer.weight"].abs().sum() > 0  # its scalars trained
 
-    mullers = [t for t in (load_trained(str(h.parent)) for h in histories) if t.cfg.resizer.kind == "muller"]
-    assert len(mullers) == 2 and all(t.model.resizer.weight.abs().sum() > 0 for t in mullers)  # its scalars trained
+    # the report command on the bucket's folder writes the report there again
+    fs.rm("ava/runs/cmp/comparison.json")
+    assert compare.main(["s3://ava/runs/cmp", "--no-grid"]) == 0
+    assert "report: s3://ava/runs/cmp/comparison.html" in capsys.readouterr().out
+    assert json.loads(fs.cat_file("ava/runs/cmp/comparison.json"))["arms"] == summary["arms"]
 
 
 def test_class_demos_do_not_flip_their_mirror_classes():
