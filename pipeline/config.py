@@ -108,6 +108,8 @@ class ModelConfig:
         backbone: any timm classifier name; Swin-L at 384 by default.
         pretrained: load timm's pretrained weights (from the hub or its cache).
         checkpoint_path: a local weights file (timm/torch state dict) used instead of the hub.
+        weights_url: pretrained weights at an http(s) URL (an internal mirror, an artifact store) instead of
+            timm's hub: fetched once per node into torch's hub cache (`$TORCH_HOME/hub/checkpoints`).
         img_size: backbone input side; None takes it from the backbone's own data config.
         backbone_kwargs: extra keyword arguments for `timm.create_model` (for example a
             scaled-down Swin: `{"embed_dim": 32, "depths": [1, 1], ...}`).
@@ -123,6 +125,7 @@ class ModelConfig:
     backbone: str = "swin_large_patch4_window12_384"
     pretrained: bool = True
     checkpoint_path: str | None = None
+    weights_url: str | None = None
     img_size: int | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     drop_path_rate: float | None = None
@@ -137,6 +140,13 @@ class ModelConfig:
             _check_positive("model", "img_size", self.img_size)
         if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"model.drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+        if self.weights_url is not None:
+            if not self.weights_url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"model.weights_url={self.weights_url!r} must be an http(s) URL; for a file use model.checkpoint_path"
+                )
+            if self.checkpoint_path is not None:
+                raise ValueError("model.weights_url and model.checkpoint_path both give the weights; set one of them")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ from pipeline.checkpoint import TEST_HOOKS, checkpoint_score, pop_stop, read_his
 from pipeline.config import JobConfig, to_dict
 from pipeline.data import build_dataset, exact_eval_data_config
 from pipeline.layout import join
-from pipeline.runs import Run, cpus_needed, plan, write_run_config
+from pipeline.runs import Run, check_nodes_see, cpus_needed, plan, write_run_config
 from pipeline.train import train_loop_per_worker
 
 
@@ -195,6 +195,8 @@ def launch(cfg: JobConfig, *, manifest: dict[str, Any] | None = None, verbose: b
     resources = ray.cluster_resources()
     planned = plan(cfg, resources=resources, manifest=manifest)
     print(planned.describe(), flush=True)
+    if note := check_nodes_see(planned):
+        print(note, flush=True)
     if planned.finished:
         checkpoint = planned.resumes_from["checkpoint"]
         print(

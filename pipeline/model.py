@@ -8,6 +8,7 @@ The resizer therefore sees normalized pixels, as in the reference recipe.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import timm
@@ -92,8 +93,8 @@ def create_backbone(cfg: ModelConfig, num_outputs: int) -> nn.Module:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     if cfg.img_size is not None:
         kwargs["img_size"] = cfg.img_size
-    pretrained = cfg.pretrained or cfg.checkpoint_path is not None
-    overlay = None
+    pretrained = cfg.pretrained or cfg.checkpoint_path is not None or cfg.weights_url is not None
+    overlay = {"url": cfg.weights_url, "hf_hub_id": None} if cfg.weights_url else None
     if cfg.checkpoint_path is not None:
         if not os.path.isfile(cfg.checkpoint_path):
             raise FileNotFoundError(
@@ -102,7 +103,7 @@ def create_backbone(cfg: ModelConfig, num_outputs: int) -> nn.Module:
             )
         # timm's own loader handles a head of another size and position tables of another size.
         overlay = {"file": os.path.abspath(cfg.checkpoint_path)}
-    try:
+    def create() -> nn.Module:
         try:
             return timm.create_model(cfg.backbone, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
         except TypeError as err:
@@ -111,6 +112,11 @@ def create_backbone(cfg: ModelConfig, num_outputs: int) -> nn.Module:
             # Convolutional backbones take any input size and have no img_size argument.
             kwargs.pop("img_size")
             return timm.create_model(cfg.backbone, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+
+    try:
+        if pretrained and cfg.checkpoint_path is None:
+            return first_on_this_node(f"{cfg.backbone} {cfg.weights_url or 'hub'}", create)
+        return create()
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(f"model.backbone={cfg.backbone!r} is not a timm model ({err})") from err
@@ -127,6 +133,33 @@ def create_backbone(cfg: ModelConfig, num_outputs: int) -> nn.Module:
             "Give a local weights file with model.checkpoint_path=/path/to/weights.pth(.safetensors), "
             "or train from scratch with model.pretrained=false"
         ) from err
+
+
+def first_on_this_node(key: str, create: Callable[[], nn.Module]) -> nn.Module:
+    """`create()` with the weights download it makes done once per node: the first process of a node
+    (Train workers, concurrent Tune trials) creates under a lock, and fills the hub cache that every
+    later one on the node then reads; later ones create concurrently, without the lock.
+
+    A marker in the node's temporary folder says which downloads are done, keyed by the weights and
+    the caches' locations (`TORCH_HOME`, `HF_HOME`, `HF_HUB_CACHE`).
+    """
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    caches = [os.environ.get(name, "") for name in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE")]
+    digest = hashlib.sha1("\n".join([key, *caches]).encode()).hexdigest()[:16]
+    folder = os.path.join(tempfile.gettempdir(), "learned-resizer-weights")
+    os.makedirs(folder, exist_ok=True)
+    done = os.path.join(folder, f"{digest}.done")
+    if not os.path.exists(done):
+        with FileLock(os.path.join(folder, f"{digest}.lock")):
+            if not os.path.exists(done):
+                model = create()
+                open(done, "w").close()
+                return model
+    return create()
 
 
 def backbone_input_size(backbone: nn.Module, cfg: ModelConfig) -> int:

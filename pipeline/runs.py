@@ -23,10 +23,11 @@ from pipeline.checkpoint import latest_checkpoint_meta, read_history
 from pipeline.config import JobConfig, to_dict
 from pipeline.layout import RUN_CONFIG_FILE, absolute_storage, is_uri, run_dir
 from pipeline.manifest import read_manifest, shard_urls, split_size
+from pipeline.storage import filesystem
 from pipeline.tasks import Task, get_task, task_for_target
 from pipeline.train import steps_per_epoch
 
-__all__ = ["Run", "plan", "check_model_input", "read_history", "with_absolute_storage"]
+__all__ = ["Run", "plan", "check_model_input", "check_nodes_see", "read_history", "with_absolute_storage"]
 
 
 @dataclass(frozen=True)
@@ -223,20 +224,102 @@ def _check_resume(cfg: JobConfig, directory: str, previous: dict[str, Any] | Non
 
 def read_run_config(directory: str) -> dict[str, Any] | None:
     """The training config a run was last launched with (`job.json`), as plain data; None if absent."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     target = posixpath.join(path, RUN_CONFIG_FILE)
     return json.loads(fs.cat_file(target)) if fs.exists(target) else None
 
 
 def write_run_config(run: Run) -> None:
     """Saves the config a run is launched with (`job.json`), which the next rerun compares against."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(run.directory)
+    fs, path = filesystem(run.directory)
     fs.makedirs(path, exist_ok=True)
     fs.pipe_file(posixpath.join(path, RUN_CONFIG_FILE), (json.dumps(to_dict(run.cfg), indent=1, sort_keys=True) + "\n").encode())
+
+
+PROBE_TIMEOUT_S = 60
+
+
+def check_nodes_see(run: Run) -> str | None:
+    """The local paths the workers read and write must be the same files on every node: `data.path` (its
+    manifest), `run.storage` (a file the driver writes there) and `model.checkpoint_path`. Each other
+    alive node is asked by a 0-CPU task, before any worker is placed, so a path that only the driver's
+    node has fails here and not after the GPUs are allocated. URIs are not probed; a node that does
+    not answer within `PROBE_TIMEOUT_S` is skipped.
+
+    Returns:
+        A note to print when nothing could be probed but an autoscaler may add nodes later, else None.
+
+    Raises:
+        ValueError: a node does not see a path; names the node, the fields and the fix.
+    """
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.manifest import MANIFEST
+
+    cfg = run.cfg
+    checks: list[tuple[str, str, str, int]] = []  # (field, value, file to look for, its size)
+    if not is_uri(cfg.data.path):
+        manifest = os.path.join(os.path.abspath(cfg.data.path.removeprefix("file://")), MANIFEST)
+        checks.append(("data.path", cfg.data.path, manifest, os.path.getsize(manifest)))
+    if cfg.model.checkpoint_path:
+        checks.append(("model.checkpoint_path", cfg.model.checkpoint_path, cfg.model.checkpoint_path, os.path.getsize(cfg.model.checkpoint_path)))
+    marker = None
+    if not is_uri(cfg.run.storage):
+        os.makedirs(cfg.run.storage, exist_ok=True)
+        marker = os.path.join(cfg.run.storage, f".learned-resizer-probe-{uuid.uuid4().hex}")
+        open(marker, "w").close()
+        checks.append(("run.storage", cfg.run.storage, marker, 0))
+    if not checks:
+        return None
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] != here]
+    try:
+        if not nodes:
+            return (
+                f"note: {', '.join(f'{field}={value}' for field, value, _, _ in checks)}: local to this node; the nodes an "
+                "autoscaler adds must see the same files at the same paths (a shared filesystem), else use s3:// or gs://"
+            ) if cfg.run.autoscale else None
+        probe = ray.remote(num_cpus=0)(_file_sizes)
+        asked = {
+            node["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+                [path for _, _, path, _ in checks]
+            )
+            for node in nodes
+        }
+        ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=PROBE_TIMEOUT_S)
+        for node in nodes:
+            if asked[node["NodeID"]] not in ready:
+                continue
+            sizes = ray.get(asked[node["NodeID"]])
+            missing = [(field, value) for (field, value, _, size), seen in zip(checks, sizes) if seen != size]
+            if missing:
+                raise ValueError(_not_shared(missing, node))
+    finally:
+        if marker is not None:
+            os.remove(marker)
+    return None
+
+
+def _file_sizes(paths: list[str]) -> list[int | None]:
+    """Runs on a node: each file's size there, None where it has none."""
+    return [os.path.getsize(path) if os.path.isfile(path) else None for path in paths]
+
+
+def _not_shared(missing: list[tuple[str, str]], node: dict[str, Any]) -> str:
+    named = " and ".join(f"{field}={value}" for field, value in missing)
+    fixes = {
+        "run.storage": "--storage on a filesystem every node mounts at the same path (NFS, EFS, Filestore) or in object storage (--storage s3://bucket/runs)",
+        "data.path": "shards every node reads (object storage: python -m data_prep ... --out s3://bucket/shards, or a shared filesystem)",
+        "model.checkpoint_path": "the weights file on a shared filesystem or baked into every node's image at the same path",
+    }
+    return (
+        f"{named} {'is' if len(missing) == 1 else 'are'} not the same on node {node['NodeManagerAddress']} "
+        f"({node['NodeID'][:12]}) as on this one: Train workers and data tasks run on every node. Use "
+        + "; ".join(fixes[field] for field, _ in missing)
+    )
 
 
 def _with_checkpoint_file(cfg: JobConfig) -> JobConfig:

@@ -27,9 +27,10 @@ from typing import Any, TypeVar
 
 from pipeline.config import CompareJobConfig, JobConfig, SearchJobConfig, apply_values, from_dict, to_dict
 from pipeline.launch import run
-from pipeline.layout import EXPERIMENT_FILE, run_dir, trial_dir_name, trial_run_name
+from pipeline.layout import EXPERIMENT_FILE, PARAMS_FILE, RESULT_FILE, run_dir, trial_dir_name, trial_run_name
 from pipeline.resizer import RESIZERS
-from pipeline.runs import Run, plan, with_absolute_storage
+from pipeline.runs import Run, check_nodes_see, plan, with_absolute_storage
+from pipeline.storage import filesystem
 
 E = TypeVar("E", SearchJobConfig, CompareJobConfig)
 
@@ -197,9 +198,7 @@ def max_concurrent_trials(cfg: JobConfig, resources: dict[str, float], use_gpu: 
 
 def write_experiment(directory: str, cfg: JobConfig) -> None:
     """Saves the config an experiment starts with (`search_job.json`); a resume continues with it."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     fs.makedirs(path, exist_ok=True)
     with fs.open(f"{path.rstrip('/')}/{EXPERIMENT_FILE}", "w") as f:
         json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
@@ -211,9 +210,7 @@ def read_experiment(directory: str, cls: type[E]) -> E:
     Raises:
         ValueError: the folder holds no experiment file.
     """
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(directory)
+    fs, path = filesystem(directory)
     target = f"{path.rstrip('/')}/{EXPERIMENT_FILE}"
     if not fs.exists(target):
         raise ValueError(f"{directory}: no {EXPERIMENT_FILE}; is this a search or comparison folder made by pipeline.tune?")
@@ -244,7 +241,10 @@ def _open(cfg: E, *, resume: bool, what: str) -> Experiment:
         raise ValueError(f"a {what} already exists at {directory}; pass --resume to continue it or use another --name")
     if resume:
         cfg = read_experiment(directory, type(cfg))
-    return Experiment(cfg=cfg, directory=directory, base=plan(cfg, resources=ray.cluster_resources()))
+    base = plan(cfg, resources=ray.cluster_resources())
+    if note := check_nodes_see(base):
+        print(note, flush=True)
+    return Experiment(cfg=cfg, directory=directory, base=base)
 
 
 def _fit(
@@ -297,12 +297,15 @@ def restore_rungs(scheduler: Any, directory: str, *, metric: str, mode: str) -> 
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     from pipeline.report import load_trials
+    from pipeline.storage import local_copy
 
     if not isinstance(scheduler, AsyncHyperBandScheduler):
         return 0
     sign = 1.0 if mode == "max" else -1.0  # ASHA keeps higher-is-better values, as its `_metric_op` does
     bracket, count = scheduler._brackets[0], 0  # one bracket: ASHAScheduler's default
-    for trial in load_trials(directory):
+    with local_copy(directory, include=lambda relative: relative.endswith((f"/{PARAMS_FILE}", f"/{RESULT_FILE}"))) as local:
+        trials = load_trials(local.path)
+    for trial in trials:
         for result in trial.results:
             if metric in result and scheduler._time_attr in result:
                 bracket.on_result(_EarlierTrial(trial.trial_id), result[scheduler._time_attr], sign * result[metric])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -38,6 +39,13 @@ def free_port() -> int:
 
 def auth_token() -> str:
     return (Path.home() / ".ray" / "auth_token").read_text().strip()
+
+
+def get_json(url: str) -> Any:
+    """A GET of the dashboard's HTTP API, with the cluster's token."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {auth_token()}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 class LocalCluster:
@@ -78,15 +86,21 @@ class LocalCluster:
         self.session = Path(self.temp_dir, "session_latest").resolve().name
         self.nodes: dict[str, int] = {}  # node name -> raylet pid
 
-    def add_node(self, name: str, *, num_cpus: int, resources: dict[str, float] | None = None) -> None:
-        """A worker raylet joining the head (`ray start --address`), tagged with the resource `name`."""
+    def add_node(self, name: str, *, num_cpus: int, resources: dict[str, float] | None = None, hide: str | None = None) -> None:
+        """A worker raylet joining the head (`ray start --address`), tagged with the resource `name`.
+
+        `hide`: a folder this node does not see (an empty tmpfs over it in the node's own mount
+        namespace), as a machine without the driver's local disk; needs `can_hide_paths()`.
+        """
         manager_port = free_port()
-        subprocess.run(
-            ["ray", "start", f"--address={self.gcs_address}", f"--num-cpus={num_cpus}",
-             f"--node-manager-port={manager_port}", "--disable-usage-stats",
-             f"--resources={json.dumps({name: 1, **(resources or {})})}"],
-            check=True, capture_output=True, text=True, env=self.env, timeout=180,
-        )
+        command = [
+            "ray", "start", f"--address={self.gcs_address}", f"--num-cpus={num_cpus}",
+            f"--node-manager-port={manager_port}", "--disable-usage-stats",
+            f"--resources={json.dumps({name: 1, **(resources or {})})}",
+        ]
+        if hide is not None:
+            command = ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs none {shlex.quote(hide)} && exec {shlex.join(command)}"]
+        subprocess.run(command, check=True, capture_output=True, text=True, env=self.env, timeout=180)
         raylets = [p for p in self._processes() if "raylet" in p.name() and f"--node_manager_port={manager_port}" in " ".join(p.cmdline())]
         assert raylets, f"no raylet for node {name}"
         self.nodes[name] = raylets[0].pid
@@ -111,9 +125,7 @@ class LocalCluster:
     def alive_nodes(self) -> list[dict[str, Any]]:
         """The cluster's alive nodes, from the dashboard's state API (no driver connects for it)."""
         query = "filter_keys=state&filter_predicates=%3D&filter_values=ALIVE&limit=100&detail=true"
-        request = urllib.request.Request(f"{self.dashboard}/api/v0/nodes?{query}", headers={"Authorization": f"Bearer {auth_token()}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            nodes = json.loads(response.read())["data"]["result"]["result"]
+        nodes = get_json(f"{self.dashboard}/api/v0/nodes?{query}")["data"]["result"]["result"]
         return [{"node_id": n["node_id"], "resources_total": n["resources_total"], "is_head": n["is_head_node"]} for n in nodes]
 
     def run(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -150,6 +162,17 @@ class LocalCluster:
                 process.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def can_hide_paths() -> bool:
+    """Whether a raylet can get its own mount namespace here (`unshare --mount`, root or CAP_SYS_ADMIN)."""
+    probe = tempfile.mkdtemp(prefix="hide")
+    try:
+        return subprocess.run(["unshare", "--mount", "sh", "-c", f"mount -t tmpfs none {probe}"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+    finally:
+        os.rmdir(probe)
 
 
 def wait_for(condition: Any, *, timeout: float, interval: float = 1.0, what: str = "condition") -> float:

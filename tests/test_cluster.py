@@ -1,5 +1,6 @@
 """The cluster path on clusters of real raylets on this machine: scale up from zero and back down;
-a spot reclaim of a node, and the run finishing on the workers that are left.
+`ray job submit` with token auth; storage that a node cannot see refused in the plan; a spot reclaim
+of a node, and the run finishing on the workers that are left.
 
 Each test starts its own cluster (`tests/cluster.py`) after the module-scoped local Rays of other
 modules are gone, and kills exactly its own processes afterwards.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import REPO, TINY_ARGS, LocalCluster, wait_for
+from tests.cluster import REPO, TINY_ARGS, LocalCluster, can_hide_paths, get_json, wait_for
 
 IDLE_TIMEOUT_S = 6
 
@@ -97,13 +98,30 @@ def test_a_submitted_elastic_job_survives_the_spot_reclaim_of_a_worker_node(no_l
     from pipeline.train import steps_per_epoch
 
     cluster = LocalCluster(head_cpus=1)
+    driver_only = tmp_path / "driver_only"  # a folder on the driver's disk that node_b does not have
+    driver_only.mkdir()
+    hide = can_hide_paths()
     try:
         cluster.add_node("node_a", num_cpus=2)
-        cluster.add_node("node_b", num_cpus=2)
+        cluster.add_node("node_b", num_cpus=2, hide=str(driver_only) if hide else None)
+        # without the token the job API refuses: the README's RAY_AUTH_MODE=token step is needed
+        refused = subprocess.run(["ray", "job", "list", "--address", cluster.dashboard], capture_output=True, text=True,
+                                 timeout=60, env={k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"})
+        assert refused.returncode != 0
+        if hide:
+            # storage that only the driver's node has fails in the plan, before any worker is placed
+            local = _submit(cluster, "jobs/cub_swinl.py", "--demo", "--data", tiny_shards["path"], "--storage", str(driver_only),
+                            "--name", "local", *TINY_ARGS)
+            status, logs = _wait_for_job(cluster, local)
+            assert status == "FAILED" and "Traceback" not in logs, logs[-3000:]
+            assert f"error: run.storage={driver_only} is not the same on node {cluster.ip} (" in logs, logs[-3000:]
+            assert not list(driver_only.iterdir())  # the probe's file is gone; nothing trained
+        else:
+            print("unshare --mount is not permitted here: the unreachable-storage check was not run")
         submission = _submit(
             cluster, "jobs/cub_swinl.py", "--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path),
             "--name", "spot", "--num-workers", "2", "--min-workers", "1", "--set", "run.cpus_per_worker=2",
-            "--set", "optim.epochs=3", *TINY_ARGS, "--set", "data.batch_size=2",
+            "--set", "optim.epochs=2", *TINY_ARGS, "--set", "data.batch_size=2",
             env_vars={"LEARNED_RESIZER_TEST_STEP_DELAY_S": "2"},  # 7 steps of 2 s: the notice lands mid-epoch
         )
         run_dir = tmp_path / "spot"
@@ -118,11 +136,13 @@ def test_a_submitted_elastic_job_survives_the_spot_reclaim_of_a_worker_node(no_l
         cluster.kill_node("node_b")  # the reclaim
         status, logs = _wait_for_job(cluster, submission)
         assert status == "SUCCEEDED", logs[-6000:]
+        assert get_json(f"{cluster.dashboard}/api/jobs/{submission}")["status"] == "SUCCEEDED"  # the dashboard's HTTP API
+        assert "epoch 2/2" in get_json(f"{cluster.dashboard}/api/jobs/{submission}/logs")["logs"]
         per_epoch = steps_per_epoch(tiny_shards["manifest"]["splits"]["train"]["num_samples"], 2, 2, 1)
         assert saved["epoch"] == 1 and per_epoch < saved["step"] < 2 * per_epoch, saved  # mid-epoch 2
         assert saved["epoch_step"] == saved["step"] - per_epoch and saved["world_size"] == 2
         history = _history(run_dir)
-        assert [(r["epoch"], r["step"]) for r in history] == [(e, e * per_epoch) for e in (1, 2, 3)], history
+        assert [(r["epoch"], r["step"]) for r in history] == [(e, e * per_epoch) for e in (1, 2)], history
         assert "preemption notice for node(s)" in logs
         assert "training on 1 of 2 workers: accumulating 2 micro-batches per step keeps 4 samples per optimizer step" in logs
         assert "converted its ZeRO-2 shards to a universal checkpoint" in logs

@@ -1,7 +1,7 @@
 """The headline job as a user runs it: a subprocess, its own local Ray, real shards.
 
 Its full runs are in tests/test_fault_tolerance.py (killed, rerun, extended: three invocations of this
-job on one run folder) and tests/test_ray_job_submit.py (submitted to a real head).
+job on one run folder) and tests/test_cluster.py (submitted to a head with two worker nodes).
 """
 
 import json

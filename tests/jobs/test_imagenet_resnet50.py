@@ -4,6 +4,7 @@ That the class index from LOC_val_solution.csv and from val/<wnid>/ agree is tes
 tests/data_prep/test_imagenet.py (with the devkit too) and on the demo layout in test_demo_layouts.py.
 """
 
+import io
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from data_prep.shards import ShardOptions
 from pipeline.tasks import ClassificationTask
 
 from tests.jobs.conftest import TINY_RESNET, check_reported, run_job_main, run_job_script
+from tests.servers import weights_server
 
 
 @pytest.mark.parametrize(
@@ -36,15 +38,32 @@ def test_unknown_backbone_fails_before_anything_runs():
 
 
 @pytest.mark.slow
-def test_demo_trains_and_reports_top1_and_top5(tmp_path):
+def test_demo_trains_from_mirrored_weights_fetched_once_per_node_and_reports_top1_and_top5(tmp_path, monkeypatch):
+    import timm
+    import torch
+
+    from jobs._common import DEMO_RESNET_KWARGS
+    from pipeline.checkpoint import load_weights
+
     src = generate_imagenet_demo(tmp_path / "raw", num_classes=3, num_images=60, image_size=(64, 64), workers=1)
     shard_imagenet(src, str(tmp_path / "shards"), ShardOptions(shard_size=16, workers=1, verbose=False))
-    result = run_job_script(
-        "imagenet_resnet50.py", "--demo", "--data", str(tmp_path / "shards"), "--storage", str(tmp_path),
-        "--name", "imagenet", *TINY_RESNET,
-    )
+    torch.manual_seed(0)
+    pretrained = timm.create_model("resnet50", pretrained=False, **DEMO_RESNET_KWARGS).state_dict()  # ImageNet's 1000 classes
+    buffer = io.BytesIO()
+    torch.save(pretrained, buffer)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub cache on this "node"
+    with weights_server(buffer.getvalue()) as (url, downloads):
+        result = run_job_script(
+            "imagenet_resnet50.py", "--demo", "--data", str(tmp_path / "shards"), "--storage", str(tmp_path),
+            "--name", "imagenet", *TINY_RESNET, "--set", f"model.weights_url={url}",
+        )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
+    assert downloads == ["/resnet50_tiny.pth"]  # two Train workers on one node, one download
     records = check_reported(tmp_path / "imagenet" / "history.jsonl", output, ClassificationTask.metric_names, epochs=2)
     assert all(r["num_eval_samples"] == 30 for r in records)  # the whole flat val/ folder, once
     assert all(r["top1"] <= r["top5"] == 1.0 for r in records)  # 3 classes: the top 5 always hold the label
+    # training started from the served weights: the first convolution is still close to them
+    trained = load_weights(str(tmp_path / "imagenet" / "checkpoint_epoch_0002"))["state_dict"]["backbone.conv1.weight"]
+    similarity = torch.nn.functional.cosine_similarity(trained.flatten(), pretrained["conv1.weight"].flatten(), dim=0)
+    assert similarity > 0.9, float(similarity)

@@ -52,6 +52,7 @@ def test_overrides_are_typed():
         ("optim=1", "names a section"),
         ("resizer.antialias=maybe", "must be true or false"),
         ("data.crop_size=2000", "data.resize_size=1020 is smaller than data.crop_size=2000"),
+        ("model.weights_url=/models/r50.pth", "must be an http\\(s\\) URL; for a file use model.checkpoint_path"),
     ],
 )
 def test_bad_overrides_name_the_field(override, message):

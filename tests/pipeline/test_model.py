@@ -1,3 +1,5 @@
+import io
+
 import pytest
 import torch
 
@@ -61,6 +63,33 @@ def test_local_checkpoint_file_loads_through_timm_with_a_new_head(tmp_path):
     loaded = create_backbone(cfg, num_outputs=3)  # head of another size is re-initialised
     assert torch.equal(loaded.conv1.weight, source.conv1.weight)
     assert loaded.fc.weight.shape == (3, 512)
+
+
+def _create_from_url(url: str, torch_home: str) -> float:
+    import os
+
+    os.environ["TORCH_HOME"] = torch_home
+    from pipeline.model import create_backbone
+
+    model = create_backbone(ModelConfig(backbone="resnet18", weights_url=url, img_size=None), num_outputs=3)
+    return float(model.conv1.weight.detach().sum())
+
+
+def test_weights_from_a_url_are_fetched_once_by_the_processes_of_a_node(tmp_path):
+    """Two processes (two Train workers of one node) create the backbone from a mirror URL at once:
+    one download, both models carry the served weights."""
+    import multiprocessing
+
+    from tests.servers import weights_server
+
+    source = create_backbone(TINY_RESNET, num_outputs=1000)
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    with weights_server(buffer.getvalue()) as (url, downloads):
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            sums = pool.starmap(_create_from_url, [(url, str(tmp_path / "torch_home"))] * 2)
+    assert downloads == ["/resnet50_tiny.pth"]
+    assert sums == pytest.approx([float(source.conv1.weight.detach().sum())] * 2)
 
 
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
