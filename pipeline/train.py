@@ -11,6 +11,7 @@ small helpers (`setup_model_and_engine`, `resume`, `train_one_epoch`, `evaluate`
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import math
 import os
@@ -640,6 +641,23 @@ def report_and_save(engine: Any, worker: Worker, state: TrainState, result: Epoc
     worker.say(f"saved checkpoint of epoch {epoch}: training waited {blocked:.2f} s{background}")
 
 
+STAGING_PREFIX = "learned-resizer-checkpoint-"
+
+
+def local_checkpoint_folder() -> str:
+    """A new folder in the node's temporary space where a worker writes its checkpoint before Ray Train
+    uploads it. Named after the worker's pid: folders left by workers that died mid-save or mid-upload
+    (a killed node's are gone with it; a killed worker's stay) are removed here by the next save on the
+    node, so they do not pile up at gigabytes each."""
+    import psutil
+
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{STAGING_PREFIX}*")):
+        owner = os.path.basename(folder).removeprefix(STAGING_PREFIX).split("-")[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
+
+
 def save_and_report(
     engine: Any, worker: Worker, metrics: dict[str, Any], *, client_state: dict[str, Any], name: str, upload: str = "sync"
 ) -> float:
@@ -650,7 +668,7 @@ def save_and_report(
 
     started = time.perf_counter()
     cfg = worker.cfg
-    tmp = tempfile.mkdtemp(prefix="ckpt-")
+    tmp = local_checkpoint_folder()
     weights_meta = {
         "config": to_dict(cfg), "num_outputs": worker.num_outputs, "class_names": worker.class_names,
         "target_stats": worker.target_stats,

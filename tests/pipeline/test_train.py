@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,25 @@ def test_a_channels_last_model_takes_deepspeed_steps(monkeypatch):
         assert not torch.equal(before, engine.module.resizer.out_conv.weight)
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_checkpoint_staging_folders_of_dead_workers_are_removed_by_the_next_save(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from pipeline.train import STAGING_PREFIX, local_checkpoint_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's temporary space
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f"{STAGING_PREFIX}{dead.pid}-x1"  # a worker killed mid-save
+    orphan.mkdir()
+    (orphan / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"shard")
+    uploading = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-x2"  # a live worker's checkpoint, still uploading
+    uploading.mkdir()
+    someone_elses = tmp_path / "ckpt-notes"
+    someone_elses.mkdir()
+    new = Path(local_checkpoint_folder())
+    assert not orphan.exists() and uploading.is_dir() and someone_elses.is_dir()
+    assert new.parent == tmp_path and new.name.startswith(f"{STAGING_PREFIX}{os.getpid()}-")
