@@ -126,15 +126,17 @@ def test_a_submitted_elastic_job_survives_the_spot_reclaim_of_a_worker_node(no_l
             cluster, "jobs/cub_swinl.py", "--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path),
             "--name", "spot", "--num-workers", "2", "--min-workers", "1", "--set", "run.cpus_per_worker=2",
             "--set", "optim.epochs=2", *TINY_ARGS, "--set", "data.batch_size=2",
-            env_vars={"LEARNED_RESIZER_TEST_STEP_DELAY_S": "2"},  # 7 steps of 2 s: the notice lands mid-epoch
+            env_vars={
+                "LEARNED_RESIZER_TEST_STEP_DELAY_S": "2",  # 7 steps of 2 s: the notice lands mid-epoch
+                # after the node goes, Ray Train first retries 2 workers until this times out (60 s by default)
+                "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20",
+            },
         )
         run_dir = tmp_path / "spot"
         wait_for(lambda: (latest_checkpoint_meta(str(run_dir)) or {}).get("epoch") == 1, timeout=300, what="checkpoint 1")
         first = time.monotonic() - started
         drain = cluster.run("drain-node", "--address", cluster.gcs_address, "--node-id", cluster.node_id("node_b"),
                             "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim (test)",
-                            # Ray Train restarts once every worker is gone or this deadline has passed: the
-                            # survivor trains on until then (60 s here made the test wait 55 s more)
                             "--deadline-remaining-seconds", "15")
         assert drain.returncode == 0, drain.stdout + drain.stderr
         jit = wait_for(lambda: "_preempted" in (latest_checkpoint_meta(str(run_dir)) or {}).get("checkpoint", ""),

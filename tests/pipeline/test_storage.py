@@ -61,3 +61,18 @@ def test_a_copy_skips_zero_shards_and_weights_fetches_on_demand_and_uploads_what
         "runs/r/checkpoint_epoch_0001/ds_universal/zero/w/fp32.pt",
     ])
     assert load_weights("s3://runs/r/checkpoint_epoch_0001")["state_dict"]["w"].sum() == 2  # predict/grid read a URI
+
+
+def test_a_search_resumed_from_a_bucket_puts_its_earlier_results_back_in_asha(s3, tmp_path):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from pipeline.tune import restore_rungs
+
+    s3.bucket("resumed")
+    learned = {"resizer.kind": "learned"}
+    _fake_search(tmp_path, [("a", learned, [0.2, 0.5, 0.6, 0.7]), ("b", learned, [0.2, 0.3])])
+    s3.fs.put(str(tmp_path), "resumed/cub", recursive=True)
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2, metric="top1", mode="max")
+    assert restore_rungs(scheduler, "s3://resumed/cub", metric="top1", mode="max") == 6  # every epoch of both trials
+    rungs = {rung: dict(recorded) for rung, recorded in scheduler._brackets[0]._rungs}
+    assert rungs[1] == {"a": 0.2, "b": 0.2} and rungs[2] == {"a": 0.5, "b": 0.3}
