@@ -15,12 +15,13 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.config import JobConfig, from_dict
-from pipeline.layout import RAY_CHECKPOINT_SNAPSHOT, WEIGHTS_FILE
+from pipeline.layout import META_FILE, RAY_CHECKPOINT_SNAPSHOT, WEIGHTS_FILE, is_uri
 from pipeline.tasks import Task, get_task
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -129,6 +130,8 @@ def load_trained(path: str, *, device: str | torch.device = "cpu") -> Trained:
     """
     from pipeline.model import build_model
 
+    if is_uri(path):
+        return _load_remote(path, device=device)
     checkpoint = resolve_checkpoint(path)
     state_dict, meta = read_weights(checkpoint)
     cfg = from_dict(JobConfig, meta["config"])
@@ -146,3 +149,36 @@ def load_trained(path: str, *, device: str | torch.device = "cpu") -> Trained:
         epoch=meta.get("epoch"),
         target_stats=stats,
     )
+
+
+def _load_remote(uri: str, *, device: str | torch.device) -> Trained:
+    """`load_trained` of a run folder, checkpoint folder or weights file in object storage: the small
+    files come down first (snapshot, `meta.json`, `model.json`), then only the chosen checkpoint's weights."""
+    import posixpath
+
+    from pipeline.storage import filesystem, local_copy
+
+    fs, target = filesystem(uri)
+    if fs.isfile(target):
+        folder, name = uri.rstrip("/").rsplit("/", 1)
+        with local_copy(folder, include=lambda relative: relative in (name, SAFETENSORS_META_FILE)) as local:
+            trained = load_trained(str(local.path / name), device=device)
+        return dataclasses.replace(trained, checkpoint=uri)
+
+    def metadata(relative: str) -> bool:
+        parts = relative.split("/")
+        return parts[-1] in (RAY_CHECKPOINT_SNAPSHOT, META_FILE, SAFETENSORS_META_FILE) and len(parts) <= 2
+
+    with local_copy(uri, include=metadata) as local:
+        is_checkpoint = any((local.path / name).is_file() for name in (META_FILE, SAFETENSORS_META_FILE))
+        try:
+            checkpoint = local.path if is_checkpoint else Path(best_checkpoint(str(local.path)))
+        except FileNotFoundError as err:  # name the user's folder, not the temporary copy
+            raise FileNotFoundError(str(err).replace(str(local.path), uri.rstrip("/"))) from None
+        relative = checkpoint.relative_to(local.path).as_posix()
+        remote = posixpath.join(target.rstrip("/"), relative) if relative != "." else target.rstrip("/")
+        name = SAFETENSORS_FILE if fs.isfile(posixpath.join(remote, SAFETENSORS_FILE)) else WEIGHTS_FILE
+        local.fetch(posixpath.join(relative, name) if relative != "." else name)
+        trained = load_trained(str(checkpoint), device=device)
+    where = uri.rstrip("/") if relative == "." else f"{uri.rstrip('/')}/{relative}"
+    return dataclasses.replace(trained, checkpoint=where)

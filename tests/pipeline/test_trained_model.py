@@ -98,3 +98,28 @@ def test_export_reloads_with_a_dynamic_batch_and_matches_the_eager_model(checkpo
     assert result.max_abs_diff <= 1e-4
     with pytest.raises(FileExistsError):
         export(trained, format=fmt, out=result.path, resizer_only=resizer_only)
+
+
+def test_a_run_in_a_bucket_loads_its_best_checkpoint_fetching_only_its_weights(checkpoint: Path, s3, tmp_path: Path) -> None:
+    import json
+
+    s3.bucket("models")
+    for epoch in (1, 2):  # two kept checkpoints; epoch 1 scored best
+        s3.fs.put(str(checkpoint), f"models/run/checkpoint_epoch_000{epoch}", recursive=True)
+        s3.fs.pipe_file(f"models/run/checkpoint_epoch_000{epoch}/meta.json", json.dumps({"epoch": epoch}).encode())
+        s3.fs.pipe_file(f"models/run/checkpoint_epoch_000{epoch}/ds/zero_pp_rank_0_mp_rank_00_optim_states.pt", b"shard")
+    results = [{"checkpoint_dir_name": f"checkpoint_epoch_000{e}", "metrics": {"epoch": e, "top1": top1}} for e, top1 in ((1, 0.5), (2, 0.4))]
+    s3.fs.pipe_file("models/run/checkpoint_manager_snapshot.json",
+                    json.dumps({"checkpoint_results": results, "latest_checkpoint_result": results[-1]}).encode())
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = load_trained(str(checkpoint)).model(pixels)
+
+    run = load_trained("s3://models/run")  # a run folder: its best checkpoint
+    assert run.checkpoint == "s3://models/run/checkpoint_epoch_0001" and run.class_names == CLASSES
+    assert torch.equal(run.model(pixels), expected)
+    folder = load_trained("s3://models/run/checkpoint_epoch_0002")  # a checkpoint folder
+    assert folder.checkpoint == "s3://models/run/checkpoint_epoch_0002" and torch.equal(folder.model(pixels), expected)
+    weights = load_trained("s3://models/run/checkpoint_epoch_0002/model.pt")  # a weights file
+    assert torch.equal(weights.model(pixels), expected)
+    with pytest.raises(FileNotFoundError, match="^s3://models/run/checkpoint_epoch_0001/ds: no checkpoint_manager_snapshot.json"):
+        load_trained("s3://models/run/checkpoint_epoch_0001/ds")
