@@ -195,8 +195,6 @@ def launch(cfg: JobConfig, *, manifest: dict[str, Any] | None = None, verbose: b
     resources = ray.cluster_resources()
     planned = plan(cfg, resources=resources, manifest=manifest)
     print(planned.describe(), flush=True)
-    if note := check_nodes_see(planned):
-        print(note, flush=True)
     if planned.finished:
         checkpoint = planned.resumes_from["checkpoint"]
         print(
@@ -205,6 +203,8 @@ def launch(cfg: JobConfig, *, manifest: dict[str, Any] | None = None, verbose: b
             flush=True,
         )
         return RunResult(planned, read_history(planned.directory), None, join(planned.directory, checkpoint))
+    if note := check_nodes_see(planned):  # a finished run trains nothing: no node is asked
+        print(note, flush=True)
     if line := waiting_line(planned, resources):
         print(line, flush=True)
     return run(planned, verbose=verbose, console=not verbose)

@@ -11,7 +11,6 @@ An S3-compatible server other than AWS (MinIO, Ceph, a test server) is reached b
 
 from __future__ import annotations
 
-import os
 import posixpath
 import shutil
 import tempfile
@@ -77,14 +76,11 @@ class LocalCopy:
             return str(local)
         return f"{self.source.rstrip('/')}/{local.relative_to(self.path).as_posix()}"
 
-    def _upload_changes(self) -> list[str]:
-        written = []
+    def _upload_changes(self) -> None:
         for local in sorted(p for p in self.path.rglob("*") if p.is_file()):
             relative = local.relative_to(self.path).as_posix()
             if self._before.get(relative) != _stamp(local):
                 self._fs.put_file(str(local), posixpath.join(self._root, relative))
-                written.append(relative)
-        return written
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -127,10 +123,3 @@ def local_copy(source: str | Path, *, include: Callable[[str], bool] = small_fil
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def exists(path: str) -> bool:
-    """Whether a local path or a URI exists."""
-    if not is_uri(path):
-        return os.path.exists(path.removeprefix("file://"))
-    fs, target = filesystem(path)
-    return fs.exists(target)
