@@ -10,7 +10,7 @@ import posixpath
 from typing import Any
 
 from data_prep.manifest import MANIFEST_NAME as MANIFEST, is_shard_name
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, store_errors
 
 
 class DataError(ValueError):
@@ -27,17 +27,18 @@ def read_manifest(path: str) -> dict[str, Any]:
         raise DataError("data.path is empty; point it at a folder of shards made by `python -m data_prep`")
     fs, root = filesystem(path)
     manifest_path = posixpath.join(root.rstrip("/"), MANIFEST)
-    if not fs.exists(manifest_path):
-        hint = "it does not exist" if not fs.exists(root) else "it holds no manifest.json"
-        raise DataError(
-            f"data.path={path!r}: {hint}. Make shards first, e.g. "
-            f"`python -m data_prep cub --src CUB_200_2011 --out {path}`"
-        )
-    try:
-        with fs.open(manifest_path, "rb") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{manifest_path}: not valid JSON ({err}); rerun data_prep to rewrite it") from err
+    with store_errors(f"data.path={path!r}", DataError):
+        if not fs.exists(manifest_path):
+            hint = "it does not exist" if not fs.exists(root) else "it holds no manifest.json"
+            raise DataError(
+                f"data.path={path!r}: {hint}. Make shards first, e.g. "
+                f"`python -m data_prep cub --src CUB_200_2011 --out {path}`"
+            )
+        try:
+            with fs.open(manifest_path, "rb") as f:
+                return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{manifest_path}: not valid JSON ({err}); rerun data_prep to rewrite it") from err
 
 
 def shard_urls(path: str, manifest: dict[str, Any], split: str) -> list[str]:

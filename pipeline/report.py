@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = write_report(args.directory)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: a missing folder, a bucket refused or unreachable
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(summary))

@@ -31,6 +31,28 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(url, **({"use_listings_cache": False} if is_uri(url) else {}))
 
 
+# Packages whose exceptions are an object store's client errors (an unreachable endpoint, missing or refused
+# credentials) that are not already OSErrors.
+STORE_CLIENTS = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google")
+
+
+@contextmanager
+def store_errors(what: str, error: type[Exception] = ConnectionError) -> Iterator[None]:
+    """Turns an object store's client errors inside the block into one `error` naming `what` and the fix;
+    OSErrors (a missing file) and every other exception pass unchanged."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as err:
+        if type(err).__module__.split(".")[0] not in STORE_CLIENTS:
+            raise
+        raise error(
+            f"{what}: the object store could not be reached or refused the request ({type(err).__name__}: {err}); "
+            "check the bucket's name, the credentials and, for a store other than AWS, AWS_ENDPOINT_URL"
+        ) from err
+
+
 def small_files(relative: str) -> bool:
     """What a report reads: everything but ZeRO shards and consolidated weights."""
     parts = relative.split("/")
@@ -106,12 +128,14 @@ def local_copy(source: str | Path, *, include: Callable[[str], bool] = small_fil
         return
     fs, root = filesystem(source)
     root = root.rstrip("/")
-    if not fs.isdir(root):
-        raise FileNotFoundError(f"{source}: no such folder (or it is empty)")
+    with store_errors(source):
+        if not fs.isdir(root):
+            raise FileNotFoundError(f"{source}: no such folder (or it is empty)")
+        listing = fs.find(root)
     tmp = Path(tempfile.mkdtemp(prefix="learned-resizer-copy-"))
     try:
         copy = LocalCopy(source, tmp, fs, root)
-        for remote in fs.find(root):
+        for remote in listing:
             relative = posixpath.relpath(remote, root)
             if include(relative):
                 try:

@@ -156,10 +156,12 @@ def _load_remote(uri: str, *, device: str | torch.device) -> Trained:
     files come down first (snapshot, `meta.json`, `model.json`), then only the chosen checkpoint's weights."""
     import posixpath
 
-    from pipeline.storage import filesystem, local_copy
+    from pipeline.storage import filesystem, local_copy, store_errors
 
     fs, target = filesystem(uri)
-    if fs.isfile(target):
+    with store_errors(uri):
+        is_file = fs.isfile(target)
+    if is_file:
         folder, name = uri.rstrip("/").rsplit("/", 1)
         with local_copy(folder, include=lambda relative: relative in (name, SAFETENSORS_META_FILE)) as local:
             trained = load_trained(str(local.path / name), device=device)

@@ -3,6 +3,7 @@
 import io
 import json
 
+import pytest
 import torch
 
 from pipeline import report
@@ -76,3 +77,29 @@ def test_a_search_resumed_from_a_bucket_puts_its_earlier_results_back_in_asha(s3
     assert restore_rungs(scheduler, "s3://resumed/cub", metric="top1", mode="max") == 6  # every epoch of both trials
     rungs = {rung: dict(recorded) for rung, recorded in scheduler._brackets[0]._rungs}
     assert rungs[1] == {"a": 0.2, "b": 0.2} and rungs[2] == {"a": 0.5, "b": 0.3}
+
+
+def test_an_unreachable_store_is_one_line_naming_the_uri_and_exit_code_2(monkeypatch, capsys):
+    """An endpoint nobody listens on, as a wrong AWS_ENDPOINT_URL or a store behind a firewall."""
+    import s3fs
+
+    from pipeline import predict
+    from pipeline.manifest import DataError, read_manifest
+    from tests.cluster import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # filesystems made for the test server would be reused
+    try:
+        assert report.main(["s3://runs/search"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: s3://runs/search: the object store could not be reached") and err.count("\n") == 1
+        assert "AWS_ENDPOINT_URL" in err
+        with pytest.raises(DataError, match=r"^data.path='s3://shards/cub': the object store could not be reached"):
+            read_manifest("s3://shards/cub")
+        assert predict.main(["--checkpoint", "s3://runs/cub", "--out", "never.csv", "photo.jpg"]) == 2
+        assert "error: s3://runs/cub: the object store could not be reached" in capsys.readouterr().err
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
