@@ -25,6 +25,7 @@ from pipeline.tasks import TASKS
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
 Precision = Literal["bf16", "fp16", "fp32"]
+Decode = Literal["cpu", "gpu"]
 
 
 MAX_IMAGE_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS, which data_prep enforces (checked in tests)
@@ -167,6 +168,10 @@ class DataConfig:
         num_classes: classes the recipe expects (checked against the manifest before launch);
             None takes whatever the shards hold.
         num_cpus_per_read: CPUs Ray Data reserves for each read / decode task.
+        decode: where images are decoded, resized and cropped: `cpu` in Ray Data's read tasks, which
+            ship uint8 crops; `gpu` on the Train worker's device in batches (nvJPEG), with Ray Data
+            shipping the JPEG bytes and each crop drawn from the header. On a CPU-only run `gpu`
+            decodes on the worker's CPU.
         max_pixels: an image with more pixels is skipped and counted, not decoded (a decompression bomb
             in a shard would take a read task's memory); the default is data_prep's limit, Pillow's.
     """
@@ -182,6 +187,7 @@ class DataConfig:
     strict: bool = False
     num_classes: int | None = None
     num_cpus_per_read: float = 1.0
+    decode: Decode = "cpu"
     max_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:

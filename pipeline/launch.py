@@ -49,8 +49,10 @@ def build_trainer(run: Run, *, callbacks: list | None = None, verbose: bool = Fa
 
     cfg = run.cfg
     datasets = {
-        "train": build_dataset(cfg.data, run.train_urls, train=True, seed=cfg.run.seed, task=run.task),
-        "eval": build_dataset(cfg.data, run.eval_urls, train=False, seed=cfg.run.seed, task=run.task),
+        "train": build_dataset(cfg.data, run.train_urls, train=True, seed=cfg.run.seed, task=run.task,
+                               num_samples=run.num_train_samples),
+        "eval": build_dataset(cfg.data, run.eval_urls, train=False, seed=cfg.run.seed, task=run.task,
+                              num_samples=run.num_eval_samples),
     }
     env = {"DS_ACCELERATOR": "cpu"} if not run.use_gpu else {}
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # worker prints reach the driver once, not twice

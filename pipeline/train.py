@@ -41,6 +41,7 @@ from pipeline.checkpoint import (
     write_stop,
 )
 from pipeline.config import JobConfig, OptimConfig, from_dict, to_dict
+from pipeline.data import decode_on_device
 from pipeline.layout import TENSORBOARD_DIR, UNIVERSAL_POINTER, UNIVERSAL_TAG, checkpoint_dir_name, preemption_checkpoint_dir_name
 from pipeline.model import build_model, param_groups
 from pipeline.tasks import Task, get_task
@@ -287,6 +288,13 @@ def _quiet_deepspeed() -> None:
     deepspeed_logger.setLevel(logging.WARNING)
 
 
+def _decoded(batch: dict[str, Any], worker: Worker, device: torch.device) -> dict[str, Any]:
+    """The batch with its pixels: as Ray Data made them, or (`data.decode=gpu`) decoded here on the device."""
+    if worker.cfg.data.decode == "gpu":
+        return decode_on_device(batch, crop_size=worker.cfg.data.crop_size, device=device)
+    return batch
+
+
 def _to_device(batch: dict[str, Any], columns: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
     out = {}
     for name in ("pixels", "valid", *columns):
@@ -466,6 +474,7 @@ def train_one_epoch(
         batch_size=cfg.data.batch_size, batch_format="numpy", local_shuffle_buffer_size=cfg.data.shuffle_buffer or None
     )
     for batch in batches:
+        batch = _decoded(batch, worker, engine.device)
         out.skipped += _skipped(batch)  # counted even in the tail that is not trained on
         if micro_step == micro_batches:
             continue
@@ -525,6 +534,7 @@ def evaluate(engine: Any, data: Any, worker: Worker) -> EpochEval:
     skipped: list[tuple[str, str]] = []
     with torch.no_grad():
         for batch in data.iter_batches(batch_size=worker.cfg.data.batch_size, batch_format="numpy"):
+            batch = _decoded(batch, worker, engine.device)
             skipped += _skipped(batch)
             tensors = _to_device(batch, worker.task.columns, engine.device)
             keep = tensors["valid"]

@@ -4,10 +4,20 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data import build_dataset, decode_batch, iter_tar_samples, transform_image
+from pipeline.data import (
+    SAMPLED_COLUMNS,
+    build_dataset,
+    decode_batch,
+    decode_on_device,
+    iter_tar_samples,
+    num_read_tasks,
+    sample_crops,
+    transform_image,
+)
 from pipeline.manifest import DataError, read_manifest, shard_urls
 from pipeline.tasks import get_task, score_distribution
 
@@ -65,6 +75,62 @@ def test_eval_transform_resizes_square_then_centre_crops():
 def test_small_images_are_scaled_up_to_the_crop():
     out = transform_image(Image.new("RGB", (20, 30)), resize_size=None, crop_size=48, train=True, hflip=False, rng=np.random.default_rng(0))
     assert out.shape == (3, 48, 48)
+
+
+def _mixed_batch():
+    """Six photos of different sizes (one smaller than the crops below), as JPEG; then a truncated JPEG,
+    a PNG behind .jpg, bytes that are no image, and a sample without a label."""
+    rng = np.random.default_rng(1)
+    encoded = []
+    for i, (height, width) in enumerate([(40, 60), (75, 50), (20, 30), (64, 64), (90, 41), (33, 97)]):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(png, "PNG")
+    encoded += [encoded[0][: len(encoded[0]) // 2], png.getvalue(), b"garbage", encoded[1]]
+    labels = [i % 3 for i in range(len(encoded) - 1)] + [-1]
+    return _rows([{"key": f"k{i}", "jpg": data, "label": label, "meta": "{}", "error": ""}
+                  for i, (data, label) in enumerate(zip(encoded, labels))])
+
+
+@pytest.mark.parametrize("train,resize_size", [(True, None), (True, 72), (False, 72), (False, None)])
+def test_gpu_decode_path_cuts_the_cpu_paths_crops_from_the_shipped_bytes(train, resize_size):
+    """data.decode=gpu run on a CPU: the read task ships each row's JPEG bytes and crop (`sample_crops`),
+    the worker decodes them in one batched call (`decode_on_device`): the pixels, validity and reasons
+    are the CPU path's for the same seed, a truncated JPEG found on the worker as on the CPU."""
+    batch = _mixed_batch()
+    options = dict(resize_size=resize_size, crop_size=32, train=train, task=CLASSIFICATION, seed=3)
+    cpu = decode_batch(batch, **options)
+    shipped = sample_crops(batch, **options)
+    assert shipped["valid"].tolist() == [True] * 8 + [False, False]  # no image, no label: flagged before decoding
+    assert shipped["jpg"][8] == b"" and "no class label" in shipped["error"][9]
+    worker = decode_on_device(shipped, crop_size=32, device="cpu")
+    assert not set(SAMPLED_COLUMNS) & set(worker) and worker["pixels"].dtype == torch.uint8
+    assert worker["valid"].tolist() == cpu["valid"].tolist() == [True] * 6 + [False, True, False, False]
+    assert list(worker["error"]) == list(cpu["error"]) and "undecodable image" in cpu["error"][6]
+    assert torch.equal(worker["pixels"], torch.from_numpy(cpu["pixels"]))
+    assert worker["label"].tolist() == cpu["label"].tolist()
+    assert cpu["pixels"][:6].reshape(6, -1).std(axis=1).min() > 20  # real crops, not zeros
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run on the device machine)")
+def test_gpu_decode_on_a_gpu_is_the_cpu_path_within_rounding():
+    batch = _mixed_batch()
+    options = dict(resize_size=72, crop_size=32, train=True, task=CLASSIFICATION, seed=3)
+    cpu = decode_batch(batch, **options)
+    gpu = decode_on_device(sample_crops(batch, **options), crop_size=32, device="cuda")
+    assert gpu["pixels"].is_cuda and gpu["valid"].tolist() == cpu["valid"].tolist()
+    diff = (gpu["pixels"].cpu().int() - torch.from_numpy(cpu["pixels"]).int()).abs().float()
+    assert diff.mean() < 1.5 and diff.quantile(0.99) <= 8  # nvJPEG's IDCT and float resize round differently
+
+
+def test_small_tars_are_grouped_into_read_tasks_of_at_least_500_samples():
+    assert num_read_tasks(30, 3000, cpus=2) == 6  # 100-image tars: 5 per task (one per tar left CPUs idle)
+    assert num_read_tasks(30, 3000, cpus=16) == 30  # enough CPUs: a task per tar
+    assert num_read_tasks(6, 5994, cpus=2) == 6  # CUB's 1000-sample tars: one each
+    assert num_read_tasks(1281, 1_281_167, cpus=0) == 1281  # an autoscaling cluster with no CPU node yet
+    assert num_read_tasks(3, 40, cpus=0) == 1
 
 
 def test_decode_batch_flags_bad_images_and_keeps_going():
@@ -140,9 +206,18 @@ def test_tiny_ray_dataset_decodes_every_sample_and_flags_the_corrupt_one(tmp_pat
     _write_tar(tmp_path / "train-000000.tar", samples[:10])
     _write_tar(tmp_path / "train-000001.tar", samples[10:])
     urls = [str(tmp_path / "train-000000.tar"), str(tmp_path / "train-000001.tar")]
-    for train in (True, False):
-        ds = build_dataset(DataConfig(path=str(tmp_path), resize_size=None, crop_size=24), urls, train=train, seed=0, task=CLASSIFICATION)
-        rows = ds.take_all()
+    for train, decode in ((True, "cpu"), (False, "cpu"), (True, "gpu")):
+        cfg = DataConfig(path=str(tmp_path), resize_size=None, crop_size=24, decode=decode)
+        ds = build_dataset(cfg, urls, train=train, seed=0, task=CLASSIFICATION, num_samples=20)
+        if decode == "gpu":  # the rows carry bytes and crops; a worker decodes them (on its CPU here)
+            batches = list(ds.iter_batches(batch_size=7, batch_format="numpy"))
+            assert not any("pixels" in b for b in batches)
+            assert sorted(len(jpg) > 100 for b in batches for jpg in b["jpg"]) == [False] + [True] * 19
+            decoded = [decode_on_device(b, crop_size=24, device="cpu") for b in batches]
+            rows = [{name: d[name][i] for name in ("key", "valid", "error", "pixels", "label")}
+                    for d in decoded for i in range(len(d["key"]))]
+        else:
+            rows = ds.take_all()
         assert sorted(r["key"] for r in rows) == sorted(k for k, _ in samples)  # each sample once
         bad = [r for r in rows if not r["valid"]]
         assert [r["key"] for r in bad] == ["s004"] and "undecodable" in bad[0]["error"]

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 from pathlib import Path
 
@@ -64,10 +65,13 @@ def test_deepspeed_config_is_derived_from_the_typed_config():
 
 @pytest.mark.slow
 @pytest.mark.ray
-@pytest.mark.parametrize("stage,precision", [(1, "fp32"), (2, "fp32"), (3, "bf16")])
-def test_two_workers_train_and_evaluate_under_zero(stage, precision, tiny_shards, tmp_path, ray_local):
+# ZeRO-1 runs data.decode=gpu on the CPU: Ray Data ships JPEG bytes and crops, the workers decode them in
+# batches; the corrupt samples are found there, counted the same, and the eval crops are the CPU path's.
+@pytest.mark.parametrize("stage,precision,decode", [(1, "fp32", "gpu"), (2, "fp32", "cpu"), (3, "bf16", "cpu")])
+def test_two_workers_train_and_evaluate_under_zero(stage, precision, decode, tiny_shards, tmp_path, ray_local):
     cfg = tiny_job(tiny_shards["path"], str(tmp_path / "runs"), name=f"zero{stage}")
-    cfg = JobConfig(**{**cfg.__dict__, "deepspeed": DeepSpeedConfig(zero_stage=stage, precision=precision)})
+    cfg = JobConfig(**{**cfg.__dict__, "deepspeed": DeepSpeedConfig(zero_stage=stage, precision=precision),
+                       "data": dataclasses.replace(cfg.data, decode=decode)})
     result = launch(cfg)
     manifest = tiny_shards["manifest"]
     assert [r["epoch"] for r in result.history] == [1, 2]
