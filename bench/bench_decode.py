@@ -7,7 +7,9 @@ data_prep shards of demo images:
 - pil_draft: Pillow with `draft()`, which lets libjpeg decode at 1/2, 1/4 or 1/8 scale; it only helps when the
   target is at most half the source, so it is measured where that holds (1500 px → 256);
 - torchvision: `torchvision.io.decode_jpeg` (libjpeg-turbo) + `transforms.v2` resize: today's `decode_batch`;
-- pre-resized: the same, over shards written by `data_prep --max-side 1020` from 1500-px sources.
+- pre-resized: the same, over shards written by `data_prep --max-side 1020` from 1500-px sources;
+- gpu (with a CUDA GPU): `data.decode=gpu`'s worker side, `pipeline.data.decode_on_device` on batches of 32
+  (nvJPEG + resize + crop), against the CPU path on one core: how many decode cores one GPU stands in for.
 
     python bench/bench_decode.py [--quick]
 """
@@ -55,6 +57,29 @@ def ours_transform(jpg: bytes, resize_size: int, crop_size: int) -> np.ndarray:
 
     return transform_image(_decode(jpg), resize_size=resize_size, crop_size=crop_size, train=True, hflip=True,
                            rng=np.random.default_rng(0))
+
+
+def gpu_decode_rate(
+    jpegs: list[bytes], resize_size: int, crop_size: int, *, batch_size: int = 32, device: str = "cuda"
+) -> Callable[[], float]:
+    """`data.decode=gpu` on the Train worker: the read task's `sample_crops` done beforehand, as in Ray Data."""
+    import torch
+
+    from pipeline.data import _column, decode_on_device, sample_crops
+
+    rows = {"key": _column([str(i) for i in range(len(jpegs))]), "jpg": _column(jpegs),
+            "label": np.zeros(len(jpegs), np.int64), "meta": _column(["{}"] * len(jpegs)), "error": _column([""] * len(jpegs))}
+    shipped = [sample_crops({name: column[start : start + batch_size] for name, column in rows.items()},
+                            resize_size=resize_size, crop_size=crop_size, train=True, task=None, seed=0)
+               for start in range(0, len(jpegs), batch_size)]
+
+    def count() -> int:
+        decoded = sum(int(decode_on_device(batch, crop_size=crop_size, device=device)["valid"].sum()) for batch in shipped)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return decoded
+
+    return lambda: timed_rate(count)
 
 
 def rate(fn: Callable[[bytes], Any], jpegs: list[bytes]) -> Callable[[], float]:
@@ -106,7 +131,26 @@ def run(workdir: Path, *, quick: bool = False) -> dict[str, Any]:
                               "torchvision": rate(lambda j: ours_transform(j, 256, 224), big_jpegs)})
     report("1500x1125 → 256 → crop 224", rates, [("pil_draft", "pil", "draft() / full decode"),
                                                 ("torchvision", "pil", "torchvision / Pillow")])
+    rows.append(gpu_row(cub, repeats, figures))
     return {"figures": figures, "rows": [r.to_dict() for r in rows]}
+
+
+def gpu_row(jpegs: list[bytes], repeats: int, figures: dict[str, Any]) -> Row:
+    """data.decode=gpu at the recipe's sizes against the CPU path per core; not measured without a GPU."""
+    import torch
+
+    setting = "2 decode, 500x375 → 1020 → crop 768, data.decode=gpu (batches of 32)"
+    if not torch.cuda.is_available():
+        print("decode on the GPU: not measured (no CUDA GPU here)")
+        return Row(setting, "not measured (no GPU)", "CPU path, one core", None, "report only", None)
+    gpu_decode_rate(jpegs, 1020, 768)()  # warm-up: CUDA context, nvJPEG handles
+    rates = best_of(repeats, {"gpu": gpu_decode_rate(jpegs, 1020, 768),
+                              "cpu": rate(lambda j: ours_transform(j, 1020, 768), jpegs)})
+    name = torch.cuda.get_device_name(0)
+    figures["gpu_decode"] = {"device": name, **{k: round(v, 1) for k, v in rates.items()}}
+    print(f"decode on the GPU ({name}): {rates['gpu']:.1f} img/s; CPU path {rates['cpu']:.1f} img/s per core")
+    return Row(setting, f"{name} {rates['gpu']:.1f} img/s", f"CPU path {rates['cpu']:.1f} img/s per core",
+               rates["gpu"] / rates["cpu"], "report only", None)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,38 @@ def interleaved_step_times(
     return [float(sorted(t)[len(t) // 2]) for t in times]
 
 
+def component_rates(cfg: JobConfig, *, repeats: int = 5, num_outputs: int = 200) -> dict[str, dict[str, float]]:
+    """Forward + backward of the resizer alone (at the crop size) and of the backbone alone (at its input
+    size), each on its own random fp32 batch: median ms, FLOPs (FlopCounterMode, forward and backward) and
+    the GFLOP/s they reach. Why the resizer costs more time than its FLOPs: it runs at a lower FLOP rate.
+    """
+    from time import perf_counter
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.resizer, num_outputs).train()
+    batch, size = cfg.data.batch_size, cfg.data.crop_size
+    parts = {"resizer": (model.resizer, torch.randn(batch, 3, size, size)),
+             "backbone": (model.backbone, torch.randn(batch, 3, model.input_size, model.input_size))}
+    rates = {}
+    for name, (module, x) in parts.items():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            module(x).float().sum().backward()
+        seconds = []
+        for _ in range(repeats):
+            started = perf_counter()
+            module(x).float().sum().backward()
+            seconds.append(perf_counter() - started)
+        median = sorted(seconds)[len(seconds) // 2]
+        flops = counter.get_total_flops()
+        rates[name] = {"ms": median * 1000, "gflops": flops / 1e9, "gflop_per_s": flops / median / 1e9}
+    return rates
+
+
 def overhead_row(name: str, time_ratio: float, flops_ratio: float, time_text: str) -> "Row":
     from bench.common import Row
 
@@ -166,7 +198,10 @@ GPU_INTERLEAVED = Path(__file__).resolve().parent / "results" / "train_step_h100
 
 
 def run(*, quick: bool = False) -> dict[str, Any]:
-    """CPU pairs measured now, interleaved; the stored GPU figures against Swin-L's FLOPs ratio."""
+    """CPU pairs measured now, interleaved; the FLOP rate of the resizer and the backbone alone; the stored
+    GPU figures against Swin-L's FLOPs ratio."""
+    from bench.common import Row
+
     warmup, steps = (1, 2) if quick else (1, 5)
     configs = cpu_configs(with_compile=not quick)
     rows, figures = [], {"warmup": warmup, "steps": steps, "cpu": [], "gpu": None}
@@ -184,6 +219,19 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         print(f"resizer cost, {name}: step {seconds[0] * 1000:.0f} vs {seconds[1] * 1000:.0f} ms = {time_ratio:.3f}x; "
               f"forward {flops[0] / 1e9:.2f} vs {flops[1] / 1e9:.2f} GFLOPs = {flops_ratio:.3f}x")
         rows.append(overhead_row(name, time_ratio, flops_ratio, f"{seconds[0] * 1000:.0f} vs {seconds[1] * 1000:.0f} ms"))
+    resnet = configs[0]
+    rates = component_rates(resnet, repeats=2 if quick else 5)
+    figures["components"] = rates
+    resizer, backbone = rates["resizer"], rates["backbone"]
+    print(f"resizer cost, where the time goes: resizer {resizer['ms']:.0f} ms for {resizer['gflops']:.1f} GFLOPs "
+          f"({resizer['gflop_per_s']:.0f} GFLOP/s), backbone {backbone['ms']:.0f} ms for {backbone['gflops']:.1f} GFLOPs "
+          f"({backbone['gflop_per_s']:.0f} GFLOP/s)")
+    rows.append(Row(
+        f"3 resizer cost, where the time goes: {resnet.model.backbone} {resnet.data.crop_size}→224, CPU fp32, "
+        f"batch {resnet.data.batch_size}, forward + backward of each part alone",
+        f"resizer {resizer['gflop_per_s']:.0f} GFLOP/s ({resizer['ms']:.0f} ms, {resizer['gflops']:.1f} GFLOPs)",
+        f"backbone {backbone['gflop_per_s']:.0f} GFLOP/s ({backbone['ms']:.0f} ms, {backbone['gflops']:.1f} GFLOPs)",
+        resizer["gflop_per_s"] / backbone["gflop_per_s"], "report only", None))
     if GPU_INTERLEAVED.is_file():  # preferred: both variants in one process, steps alternated
         stored = json.loads(GPU_INTERLEAVED.read_text())
         learned_ms, bilinear_ms, flops_ratio = stored["learned_step_ms"], stored["bilinear_step_ms"], stored["flops_ratio"]
