@@ -20,7 +20,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource, FileShuffleConfig
 
 from pipeline.config import MAX_IMAGE_PIXELS, DataConfig
@@ -80,11 +79,12 @@ def iter_tar_samples(stream: Any, shard: str) -> Iterator[dict[str, Any]]:
 
 
 class ShardDatasource(FileBasedDatasource):
-    """data_prep tars, one read task per tar; bad content becomes error rows, never an exception.
+    """data_prep tars, a group of them per read task (`num_read_tasks`); bad content becomes error rows,
+    never an exception.
 
-    With a `transform`, the read task applies it to every `rows_per_block` rows and yields its output
-    (decoded crops, or JPEG bytes and crop parameters): one Ray Data stage per sample instead of a
-    read stage and a map stage, and the JPEG bytes never become an Arrow table of their own.
+    The read task applies `transform` to every `rows_per_block` rows as it reads and yields its output
+    (decoded crops, or JPEG bytes and crops to cut): one Ray Data stage instead of a read stage and a
+    map stage, and the JPEG bytes never become an Arrow table of their own.
     """
 
     _FILE_EXTENSIONS = ["tar"]
@@ -93,7 +93,7 @@ class ShardDatasource(FileBasedDatasource):
         self,
         paths: list[str],
         *,
-        transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+        transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
         rows_per_block: int = 64,
         **kwargs: Any,
     ) -> None:
@@ -112,8 +112,6 @@ class ShardDatasource(FileBasedDatasource):
             yield self._block(rows)
 
     def _block(self, rows: list[dict[str, Any]]) -> Any:
-        if self._transform is None:
-            return pa.Table.from_pylist(rows)
         from ray.data.block import BlockAccessor
 
         columns = {name: _column([row[name] for row in rows]) for name in rows[0]}
@@ -121,7 +119,7 @@ class ShardDatasource(FileBasedDatasource):
 
 
 def _column(values: list[Any]) -> np.ndarray:
-    """A 1-D object array, even of equal-length bytes (which np.asarray would turn into a 2-D array)."""
+    """A 1-D object array of one column's values (bytes, text, numbers), as `decode_batch` takes them."""
     column = np.empty(len(values), dtype=object)
     column[:] = values
     return column

@@ -98,6 +98,8 @@ class Run:
             f"{'{}-{}'.format(*self.worker_range) if self.elastic else cfg.run.num_workers} {device} workers x batch {cfg.data.batch_size} x accum {cfg.optim.grad_accum}, "
             f"ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}, {cfg.optim.epochs} epochs -> {self.directory}"
         )
+        if cfg.data.decode == "gpu":
+            line += f"\n  images are decoded on the workers' {device}s (data.decode=gpu): Ray Data ships the JPEGs"
         if self.resumes_from is not None:
             line += f"\n  continues from {self.resumes_from['checkpoint']} (epoch {self.resumes_from.get('epoch')})"
             saved = self.resumes_from.get("world_size")
