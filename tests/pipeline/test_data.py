@@ -10,6 +10,7 @@ from PIL import Image
 from pipeline.config import DataConfig
 from pipeline.data import (
     SAMPLED_COLUMNS,
+    _rows_per_block,
     build_dataset,
     decode_batch,
     decode_on_device,
@@ -131,6 +132,12 @@ def test_small_tars_are_grouped_into_read_tasks_of_at_least_500_samples():
     assert num_read_tasks(6, 5994, cpus=2) == 6  # CUB's 1000-sample tars: one each
     assert num_read_tasks(1281, 1_281_167, cpus=0) == 1281  # an autoscaling cluster with no CPU node yet
     assert num_read_tasks(3, 40, cpus=0) == 1
+
+
+def test_output_blocks_hold_whole_batches_within_64_mib():
+    assert _rows_per_block(3 * 768 * 768, 8) == 32  # 54 MiB: 4 batches of 8 (37 crops would fit)
+    assert _rows_per_block(3 * 224 * 224, 8) == 256
+    assert _rows_per_block(3 * 2048 * 2048, 8) == 5  # fewer than a batch fit: as many as fit
 
 
 def test_decode_batch_flags_bad_images_and_keeps_going():
