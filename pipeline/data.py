@@ -146,7 +146,7 @@ def _is_jpeg(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8"
 
 
-def _decode(jpg: bytes, max_pixels: int = MAX_IMAGE_PIXELS, device: Any = None) -> Any:
+def _decode(jpg: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
     """(3, H, W) uint8 RGB tensor; raises on truncated or undecodable data, and on an image over
     `max_pixels` (read from its header, before any pixel is decoded).
 
@@ -303,17 +303,8 @@ def decode_batch(
     """
     sampled = sample_crops(batch, resize_size=resize_size, crop_size=crop_size, train=train, task=task, hflip=hflip,
                            seed=seed, max_pixels=max_pixels)
-    valid, errors = sampled["valid"], sampled["error"].astype(object)
-    pixels = np.zeros((len(valid), 3, crop_size, crop_size), np.uint8)
-    for i in np.flatnonzero(valid):
-        try:
-            image = _decode_checked(sampled["jpg"][i])
-        except Exception as err:  # noqa: BLE001 - any undecodable image is skipped and counted
-            valid[i], errors[i] = False, f"undecodable image: {type(err).__name__}: {err}"
-            continue
-        pixels[i] = apply_crop(image, _crop_of(sampled, i), crop_size).numpy()
-    out = {name: value for name, value in sampled.items() if name not in SAMPLED_COLUMNS}
-    return {**out, "pixels": pixels, "valid": valid, "error": errors.astype(str)}
+    out = decode_on_device(sampled, crop_size=crop_size, device="cpu")  # the read task's CPU
+    return {**out, "pixels": out["pixels"].numpy()}
 
 
 def sample_crops(
@@ -483,6 +474,8 @@ def _rows_per_block(row_bytes: int, batch_size: int) -> int:
     blocks; docs/results.md#data-path)."""
     rows = max(1, min(256, BLOCK_BYTES // row_bytes))
     return rows - rows % batch_size if rows >= batch_size else rows
+
+
 MIN_SAMPLES_PER_READ_TASK = 500
 
 

@@ -98,8 +98,9 @@ def _mixed_batch():
 @pytest.mark.parametrize("train,resize_size", [(True, None), (True, 72), (False, 72), (False, None)])
 def test_gpu_decode_path_cuts_the_cpu_paths_crops_from_the_shipped_bytes(train, resize_size):
     """data.decode=gpu run on a CPU: the read task ships each row's JPEG bytes and crop (`sample_crops`),
-    the worker decodes them in one batched call (`decode_on_device`): the pixels, validity and reasons
-    are the CPU path's for the same seed, a truncated JPEG found on the worker as on the CPU."""
+    the worker decodes them in one batched call (`decode_on_device`, which the CPU path also runs in the
+    read task): the pixels, validity and reasons are the CPU path's for the same seed, a truncated JPEG
+    found on the worker as on the CPU, a bad JPEG not failing the rest of the batch."""
     batch = _mixed_batch()
     options = dict(resize_size=resize_size, crop_size=32, train=train, task=CLASSIFICATION, seed=3)
     cpu = decode_batch(batch, **options)
