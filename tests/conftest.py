@@ -1,4 +1,4 @@
-"""Shared fixtures: a real local Ray (one at a time, shut down after each module), tiny real shards."""
+"""Shared fixtures: the suite's real local Ray (one, shared by the tests that train in this process), tiny real shards."""
 
 import io
 import json
@@ -19,15 +19,38 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_local():
-    """A local Ray with 8 logical CPUs: Train workers plus Data read tasks on a 2-core machine."""
+    """The suite's one local Ray in this process, 8 logical CPUs (Train workers plus Data read tasks on a
+    2-core machine): started by the first test that needs it and kept for the next ones, which skip its
+    start-up and find idle workers that have already imported torch. A test that starts its own cluster
+    shuts it down first (tests/test_cluster.py); the next test that needs it starts it again."""
     import ray
 
-    ray.shutdown()
-    ray.init(num_cpus=8, log_to_driver=True)
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, log_to_driver=True)
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture
+def no_local_ray():
+    """For tests whose job or cluster starts its own Ray: two on one machine confuse each other's clients."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
 
 
 def corrupt_sample(shard: Path, index: int = 0) -> str:

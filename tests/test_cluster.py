@@ -2,8 +2,8 @@
 `ray job submit` with token auth; storage that a node cannot see refused in the plan; a spot reclaim
 of a node, and the run finishing on the workers that are left.
 
-Each test starts its own cluster (`tests/cluster.py`) after the module-scoped local Rays of other
-modules are gone, and kills exactly its own processes afterwards.
+Each test starts its own cluster (`tests/cluster.py`) after the suite's local Ray (tests/conftest.py) is
+gone, and kills exactly its own processes afterwards.
 """
 
 import json
@@ -17,14 +17,6 @@ import pytest
 from tests.cluster import REPO, TINY_ARGS, LocalCluster, can_hide_paths, get_json, wait_for
 
 IDLE_TIMEOUT_S = 6
-
-
-@pytest.fixture
-def no_local_ray():
-    import ray
-
-    ray.shutdown()  # a module-scoped local Ray of an earlier module would confuse the new cluster
-    yield
 
 
 def _history(run_dir: Path) -> list[dict]:

@@ -105,74 +105,7 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(tiny_shards, tmp_path,
     assert again.latest_checkpoint == str(run_dir / "checkpoint_epoch_0003")
 
 
-# ---------------------------------------------------------------- 2. the driver dies mid-checkpoint; reruns resume
-
-def _job(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "jobs" / "cub_swinl.py"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **(env or {})}, start_new_session=True,
-    )
-
-
-def _kill_when(process: subprocess.Popen, line_prefix: str, timeout: float = 400) -> str:
-    """Reads the job's output until a line contains `line_prefix`, then SIGKILLs the driver."""
-    seen = []
-    deadline = time.time() + timeout
-    for line in process.stdout:
-        seen.append(line)
-        if line_prefix in line:
-            process.send_signal(signal.SIGKILL)
-            break
-        if time.time() > deadline:
-            break
-    process.stdout.close()
-    process.wait(timeout=60)
-    # The driver's local Ray goes down with it (Ray's reaper); wait for its workers to go.
-    deadline = time.time() + 60
-    while train_workers() and time.time() < deadline:
-        time.sleep(0.5)
-    return "".join(seen)
-
-
-def _rerun(args: list[str]) -> str:
-    process = _job(args)
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-4000:]
-    return output
-
-
-@pytest.mark.slow
-def test_killed_driver_resumes_from_the_last_complete_checkpoint_and_a_longer_rerun_extends(tiny_shards, tmp_path):
-    """SIGKILL of the driver while it writes a checkpoint; the same command resumes from the one before;
-    a later rerun with more epochs continues the step count (one run folder, three invocations)."""
-    args = ["--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "midsave", *TINY_ARGS,
-            "--set", "optim.epochs=3"]
-    process = _job(args, env={SAVE_DELAY_ENV: "4"})  # each save pauses 4 s after DeepSpeed wrote its shards
-    output = _kill_when(process, "saving checkpoint of epoch 2")
-    assert "saving checkpoint of epoch 2" in output
-    run_dir = tmp_path / "midsave"
-    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    assert snapshot["latest_checkpoint_result"]["checkpoint_dir_name"] == "checkpoint_epoch_0001"
-    # what an interrupted upload leaves behind: a checkpoint folder with a torn shard, never registered
-    torn = run_dir / "checkpoint_epoch_0002"
-    (torn / "ds").mkdir(parents=True, exist_ok=True)
-    (torn / "ds" / "mp_rank_00_model_states.pt").write_bytes(b"\x80\x02torn")
-    per_epoch = steps_per_epoch(tiny_shards["manifest"]["splits"]["train"]["num_samples"], 2, 4, 1)
-    rerun = _rerun(args)
-    assert f"resumed from epoch 1 (step {per_epoch})" in rerun  # lost only the epoch whose save was cut
-    assert_steps_consistent(raw_history(run_dir), per_epoch, 3)
-
-    longer = _rerun([*args, "--set", "optim.epochs=4"])  # a finished run, a bigger budget: it continues
-    assert f"resumed from epoch 3 (step {3 * per_epoch})" in longer
-    assert_steps_consistent(raw_history(run_dir), per_epoch, 4)
-    history = read_history(str(run_dir))  # the rerun's epoch 2 replaces the one whose checkpoint was cut
-    assert [(r["epoch"], r["step"]) for r in history] == [(e, e * per_epoch) for e in (1, 2, 3, 4)]
-    assert "resizer grid:" in longer and (run_dir / "resizer_grid.png").is_file()
-
-
-
-# ---------------------------------------------------------------- 5. bad data
+# ---------------------------------------------------------------- 2. bad data
 
 def _break_shards(path: Path, manifest: dict) -> tuple[str, str]:
     train = manifest["splits"]["train"]["shards"]
@@ -206,7 +139,7 @@ def test_strict_data_stops_the_run_naming_the_sample(tiny_shards, tmp_path, ray_
         launch(cfg)
 
 
-# ---------------------------------------------------------------- 7. bad configuration fails fast
+# ---------------------------------------------------------------- 3. bad configuration fails fast
 
 def test_bad_configuration_fails_before_asking_for_resources(tiny_shards, shards_copy, tmp_path):
     """plan() checks a config against its data and the cluster's resources (here a 2-core machine's
@@ -249,7 +182,7 @@ def test_bad_configuration_fails_before_asking_for_resources(tiny_shards, shards
     shutil.rmtree(run_dir)
 
 
-# ---------------------------------------------------------------- 8. a rerun with the same name
+# ---------------------------------------------------------------- 4. a rerun with the same name
 
 def _checkpointed(run, epoch: int) -> None:
     """What a run leaves after saving `epoch`: its job.json, the checkpoint's meta.json and Ray's snapshot."""
@@ -296,3 +229,70 @@ def test_a_rerun_continues_only_the_same_run_and_says_when_it_is_finished(tiny_s
 
     finished = plan(optim={"epochs": 2})
     assert finished.finished and finished.changes == {}
+
+
+# ---------------------------------------------------------------- 5. the driver dies mid-checkpoint; reruns resume
+# (last: its job starts its own Ray, so the suite's in-process one goes down first)
+
+def _job(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "cub_swinl.py"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **(env or {})}, start_new_session=True,
+    )
+
+
+def _kill_when(process: subprocess.Popen, line_prefix: str, timeout: float = 400) -> str:
+    """Reads the job's output until a line contains `line_prefix`, then SIGKILLs the driver."""
+    seen = []
+    deadline = time.time() + timeout
+    for line in process.stdout:
+        seen.append(line)
+        if line_prefix in line:
+            process.send_signal(signal.SIGKILL)
+            break
+        if time.time() > deadline:
+            break
+    process.stdout.close()
+    process.wait(timeout=60)
+    # The driver's local Ray goes down with it (Ray's reaper); wait for its workers to go.
+    deadline = time.time() + 60
+    while train_workers() and time.time() < deadline:
+        time.sleep(0.5)
+    return "".join(seen)
+
+
+def _rerun(args: list[str]) -> str:
+    process = _job(args)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_from_the_last_complete_checkpoint_and_a_longer_rerun_extends(tiny_shards, tmp_path, no_local_ray):
+    """SIGKILL of the driver while it writes a checkpoint; the same command resumes from the one before;
+    a later rerun with more epochs continues the step count (one run folder, three invocations)."""
+    args = ["--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "midsave", *TINY_ARGS,
+            "--set", "optim.epochs=3"]
+    process = _job(args, env={SAVE_DELAY_ENV: "4"})  # each save pauses 4 s after DeepSpeed wrote its shards
+    output = _kill_when(process, "saving checkpoint of epoch 2")
+    assert "saving checkpoint of epoch 2" in output
+    run_dir = tmp_path / "midsave"
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    assert snapshot["latest_checkpoint_result"]["checkpoint_dir_name"] == "checkpoint_epoch_0001"
+    # what an interrupted upload leaves behind: a checkpoint folder with a torn shard, never registered
+    torn = run_dir / "checkpoint_epoch_0002"
+    (torn / "ds").mkdir(parents=True, exist_ok=True)
+    (torn / "ds" / "mp_rank_00_model_states.pt").write_bytes(b"\x80\x02torn")
+    per_epoch = steps_per_epoch(tiny_shards["manifest"]["splits"]["train"]["num_samples"], 2, 4, 1)
+    rerun = _rerun(args)
+    assert f"resumed from epoch 1 (step {per_epoch})" in rerun  # lost only the epoch whose save was cut
+    assert_steps_consistent(raw_history(run_dir), per_epoch, 3)
+
+    longer = _rerun([*args, "--set", "optim.epochs=4"])  # a finished run, a bigger budget: it continues
+    assert f"resumed from epoch 3 (step {3 * per_epoch})" in longer
+    assert_steps_consistent(raw_history(run_dir), per_epoch, 4)
+    history = read_history(str(run_dir))  # the rerun's epoch 2 replaces the one whose checkpoint was cut
+    assert [(r["epoch"], r["step"]) for r in history] == [(e, e * per_epoch) for e in (1, 2, 3, 4)]
+    assert "resizer grid:" in longer and (run_dir / "resizer_grid.png").is_file()

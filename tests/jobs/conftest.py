@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 # A 1/4-width, one-block-per-stage ResNet-50 at 16 px behind a 32 → 16 resizer: seconds per epoch on 2 cores.
@@ -20,6 +22,12 @@ TINY_RESNET = [
     "--set", "resizer.num_filters=8",
     "--set", "optim.epochs=2",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _own_ray(no_local_ray):
+    """Every job here starts its own local Ray, as a user's does: the suite's in-process one goes first."""
+    yield
 
 
 def run_job_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
