@@ -4,6 +4,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -32,25 +33,20 @@ def ray_local():
     yield ray
 
 
+def _shutdown_ray() -> None:
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
+
+
 @pytest.fixture
 def no_local_ray():
     """For tests whose job or cluster starts its own Ray: two on one machine confuse each other's clients."""
-    import sys
-
-    if "ray" in sys.modules:
-        import ray
-
-        ray.shutdown()
+    _shutdown_ray()
     yield
 
 
 def pytest_sessionfinish(session, exitstatus):
-    import sys
-
-    if "ray" in sys.modules:
-        import ray
-
-        ray.shutdown()
+    _shutdown_ray()
 
 
 def corrupt_sample(shard: Path, index: int = 0) -> str:
