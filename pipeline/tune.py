@@ -196,6 +196,31 @@ def max_concurrent_trials(cfg: JobConfig, resources: dict[str, float], use_gpu: 
     return max(1, int(resources.get("CPU", 0) // per_trial))
 
 
+def check_concurrency(cfg: JobConfig, resources: dict[str, float], use_gpu: bool, concurrency: int, *, field: str) -> None:
+    """Refuses a trial concurrency that would starve Ray Data on a CPU cluster that does not grow: the
+    trials Tune places reserve a CPU for their driver and their workers' CPUs, and a read task needs
+    `data.num_cpus_per_read` of what is left, or every trial waits for data and nothing fails.
+
+    Raises:
+        ValueError: naming `field`, what the trials reserve and the concurrency that fits.
+    """
+    if use_gpu or cfg.run.autoscale:
+        return
+    cpus = resources.get("CPU", 0.0)
+    per_trial = 1 + cfg.run.num_workers * cfg.run.cpus_per_worker
+    placed = min(concurrency, int(cpus // per_trial))
+    left = cpus - placed * per_trial
+    if placed and left < cfg.data.num_cpus_per_read:
+        fits = int(cpus // (per_trial + cfg.data.num_cpus_per_read))
+        fix = f"set {field} to {fits} or less (unset: derived from the cluster)" if fits else "give the cluster more CPUs"
+        raise ValueError(
+            f"{field}={concurrency}: {placed} trial(s) at once reserve {placed * per_trial:g} of the cluster's "
+            f"{cpus:g} CPUs (a driver and {cfg.run.num_workers} worker(s) x {cfg.run.cpus_per_worker:g} CPU each), "
+            f"leaving {left:g} for Ray Data's read tasks ({cfg.data.num_cpus_per_read:g} CPU each): every trial "
+            f"would wait for data; {fix}"
+        )
+
+
 def write_experiment(directory: str, cfg: JobConfig) -> None:
     """Saves the config an experiment starts with (`search_job.json`); a resume continues with it."""
     fs, path = filesystem(directory)
@@ -347,6 +372,7 @@ def run_search(cfg: SearchJobConfig, *, resume: bool = False, verbose: bool = Fa
     metric, mode = search_objective(cfg)
     points = paired_points(cfg)
     concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), experiment.base.use_gpu, limit=cfg.search.max_concurrent)
+    check_concurrency(cfg, ray.cluster_resources(), experiment.base.use_gpu, concurrency, field="search.max_concurrent")
     if cfg.search.algorithm == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
@@ -392,6 +418,7 @@ def run_comparison(cfg: CompareJobConfig, *, resume: bool = False, verbose: bool
     arms = comparison_arms(cfg)
     task = experiment.base.task
     concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), experiment.base.use_gpu, limit=cfg.compare.max_concurrent)
+    check_concurrency(cfg, ray.cluster_resources(), experiment.base.use_gpu, concurrency, field="compare.max_concurrent")
     if not resume:
         print(
             f"comparison {cfg.run.name!r}: {len(arms)} arms ({', '.join(arms)}) x {len(cfg.compare.seeds)} seeds "

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import CompareJobConfig, DataConfig, JobConfig, RunConfig, SearchConfig, SearchJobConfig, apply_overrides
 from pipeline.report import write_report
-from pipeline.tune import SEARCHED, max_concurrent_trials, paired_points, search_space, trial_config
+from pipeline.tune import SEARCHED, check_concurrency, max_concurrent_trials, paired_points, search_space, trial_config
 
 
 def test_search_space_covers_every_searched_field():
@@ -42,6 +42,26 @@ def test_concurrency_is_derived_from_the_cluster():
     assert max_concurrent_trials(cfg, {"CPU": 8}, use_gpu=False) == 2  # driver + 2 workers + 1 read task
     assert max_concurrent_trials(cfg, {"CPU": 64, "GPU": 16}, use_gpu=True) == 8
     assert max_concurrent_trials(cfg, {"CPU": 8}, use_gpu=False, limit=3) == 3  # search/compare.max_concurrent
+
+
+def test_a_concurrency_that_leaves_no_cpu_to_read_with_is_refused():
+    """4 one-worker trials on 8 CPUs reserve all 8: Ray Data's read tasks never start and the comparison
+    waits forever (measured: killed after 10 minutes). 2 leave 4 CPUs; 3 two-worker trials place only 2."""
+    one = JobConfig(run=RunConfig(num_workers=1, cpus_per_worker=1))
+    with pytest.raises(ValueError) as err:
+        check_concurrency(one, {"CPU": 8.0}, False, 4, field="compare.max_concurrent")
+    assert str(err.value) == (
+        "compare.max_concurrent=4: 4 trial(s) at once reserve 8 of the cluster's 8 CPUs (a driver and 1 worker(s) x 1 CPU "
+        "each), leaving 0 for Ray Data's read tasks (1 CPU each): every trial would wait for data; set "
+        "compare.max_concurrent to 2 or less (unset: derived from the cluster)"
+    )
+    check_concurrency(one, {"CPU": 8.0}, False, 2, field="compare.max_concurrent")
+    check_concurrency(JobConfig(run=RunConfig(num_workers=2, cpus_per_worker=1)), {"CPU": 8.0}, False, 3, field="x")
+    check_concurrency(one, {"CPU": 8.0, "GPU": 8.0}, True, 8, field="x")  # GPU trials: reads run on the CPUs left
+    autoscaling = JobConfig(run=RunConfig(num_workers=1, cpus_per_worker=1, autoscale=True))
+    check_concurrency(autoscaling, {"CPU": 8.0}, False, 4, field="x")  # the cluster grows
+    with pytest.raises(ValueError, match="give the cluster more CPUs"):
+        check_concurrency(one, {"CPU": 2.0}, False, 1, field="search.max_concurrent")
 
 
 def test_search_config_validation():
