@@ -185,6 +185,14 @@ def _trial(
     run(plan(cfg, resources=ray.cluster_resources(), manifest=manifest), callbacks=[TuneReportCallback()], verbose=verbose)
 
 
+TRIAL_DRIVER_CPUS = 1  # each trial's driver (the function that runs its Train run) holds one CPU
+
+
+def reserved_cpus_per_trial(cfg: JobConfig) -> float:
+    """What a placed CPU trial holds for as long as it runs: its driver and its Train workers."""
+    return TRIAL_DRIVER_CPUS + cfg.run.num_workers * cfg.run.cpus_per_worker
+
+
 def max_concurrent_trials(cfg: JobConfig, resources: dict[str, float], use_gpu: bool, *, limit: int | None = None) -> int:
     """Trials that fit at once: `limit` when set; else GPUs per trial on a GPU cluster, or CPUs for
     the trial's driver, its workers and one data task."""
@@ -192,8 +200,7 @@ def max_concurrent_trials(cfg: JobConfig, resources: dict[str, float], use_gpu: 
         return limit
     if use_gpu:
         return max(1, int(resources.get("GPU", 0) // cfg.run.num_workers))
-    per_trial = 1 + cfg.run.num_workers * cfg.run.cpus_per_worker + cfg.data.num_cpus_per_read
-    return max(1, int(resources.get("CPU", 0) // per_trial))
+    return max(1, int(resources.get("CPU", 0) // (reserved_cpus_per_trial(cfg) + cfg.data.num_cpus_per_read)))
 
 
 def check_concurrency(cfg: JobConfig, resources: dict[str, float], use_gpu: bool, concurrency: int, *, field: str) -> None:
@@ -207,11 +214,11 @@ def check_concurrency(cfg: JobConfig, resources: dict[str, float], use_gpu: bool
     if use_gpu or cfg.run.autoscale:
         return
     cpus = resources.get("CPU", 0.0)
-    per_trial = 1 + cfg.run.num_workers * cfg.run.cpus_per_worker
+    per_trial = reserved_cpus_per_trial(cfg)
     placed = min(concurrency, int(cpus // per_trial))
     left = cpus - placed * per_trial
     if placed and left < cfg.data.num_cpus_per_read:
-        fits = int(cpus // (per_trial + cfg.data.num_cpus_per_read))
+        fits = int(cpus // (per_trial + cfg.data.num_cpus_per_read))  # max_concurrent_trials without its floor of 1
         fix = f"set {field} to {fits} or less (unset: derived from the cluster)" if fits else "give the cluster more CPUs"
         raise ValueError(
             f"{field}={concurrency}: {placed} trial(s) at once reserve {placed * per_trial:g} of the cluster's "
@@ -219,6 +226,16 @@ def check_concurrency(cfg: JobConfig, resources: dict[str, float], use_gpu: bool
             f"leaving {left:g} for Ray Data's read tasks ({cfg.data.num_cpus_per_read:g} CPU each): every trial "
             f"would wait for data; {fix}"
         )
+
+
+def _concurrency(cfg: JobConfig, use_gpu: bool, limit: int | None, *, field: str) -> int:
+    """The trials a search or comparison runs at once on the connected cluster, checked against it."""
+    import ray
+
+    resources = ray.cluster_resources()
+    concurrency = max_concurrent_trials(cfg, resources, use_gpu, limit=limit)
+    check_concurrency(cfg, resources, use_gpu, concurrency, field=field)
+    return concurrency
 
 
 def write_experiment(directory: str, cfg: JobConfig) -> None:
@@ -283,7 +300,7 @@ def _fit(
             _trial, job=to_dict(experiment.cfg.training()), directory=experiment.directory,
             manifest=experiment.base.manifest, arms=arms, verbose=verbose,
         ),
-        {"CPU": 1},
+        {"CPU": TRIAL_DRIVER_CPUS},
     )
     if resume:
         what = "search" if isinstance(experiment.cfg, SearchJobConfig) else "comparison"
@@ -363,7 +380,6 @@ def run_search(cfg: SearchJobConfig, *, resume: bool = False, verbose: bool = Fa
         ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not;
             or the config does not fit its data or the cluster.
     """
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -371,8 +387,7 @@ def run_search(cfg: SearchJobConfig, *, resume: bool = False, verbose: bool = Fa
     cfg = experiment.cfg
     metric, mode = search_objective(cfg)
     points = paired_points(cfg)
-    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), experiment.base.use_gpu, limit=cfg.search.max_concurrent)
-    check_concurrency(cfg, ray.cluster_resources(), experiment.base.use_gpu, concurrency, field="search.max_concurrent")
+    concurrency = _concurrency(cfg, experiment.base.use_gpu, cfg.search.max_concurrent, field="search.max_concurrent")
     if cfg.search.algorithm == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
@@ -410,15 +425,13 @@ def run_comparison(cfg: CompareJobConfig, *, resume: bool = False, verbose: bool
         ValueError: the folder exists and `resume` is not set, or `resume` is set and it does not;
             or the config does not fit its data or the cluster.
     """
-    import ray
     from ray import tune
 
     experiment = _open(cfg, resume=resume, what="comparison")
     cfg = experiment.cfg
     arms = comparison_arms(cfg)
     task = experiment.base.task
-    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), experiment.base.use_gpu, limit=cfg.compare.max_concurrent)
-    check_concurrency(cfg, ray.cluster_resources(), experiment.base.use_gpu, concurrency, field="compare.max_concurrent")
+    concurrency = _concurrency(cfg, experiment.base.use_gpu, cfg.compare.max_concurrent, field="compare.max_concurrent")
     if not resume:
         print(
             f"comparison {cfg.run.name!r}: {len(arms)} arms ({', '.join(arms)}) x {len(cfg.compare.seeds)} seeds "
