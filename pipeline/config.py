@@ -20,7 +20,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from pipeline.resizer import FIXED_KINDS, LEARNED_KINDS, RESIZER_KINDS
 from pipeline.tasks import TASKS
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
@@ -35,6 +34,17 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 def _check_literal(section: str, name: str, value: Any, options: tuple) -> None:
     if value not in options:
         raise ValueError(f"{section}.{name}={value!r} is not allowed; choose one of {list(options)}")
+
+
+def _resizer_kinds(*, learned: bool | None = None) -> tuple[str, ...]:
+    """The kinds of the resizer registry (`pipeline.resizer.RESIZERS`): all, or the learned or fixed ones.
+
+    Imported when a config is checked, not with this module: configs travel to Ray Data's
+    coordinators, which should not load torch (the registry's modules need it) to unpickle them.
+    """
+    from pipeline import resizer
+
+    return resizer.RESIZER_KINDS if learned is None else resizer.LEARNED_KINDS if learned else resizer.FIXED_KINDS
 
 
 def _check_positive(section: str, name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -86,7 +96,7 @@ class ResizerConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self, "resizer")
-        _check_literal("resizer", "kind", self.kind, RESIZER_KINDS)
+        _check_literal("resizer", "kind", self.kind, _resizer_kinds())
         _check_positive("resizer", "num_filters", self.num_filters)
         _check_positive("resizer", "num_res_blocks", self.num_res_blocks, allow_zero=True)
         _check_positive("resizer", "negative_slope", self.negative_slope, allow_zero=True)
@@ -418,13 +428,13 @@ class SearchConfig:
             if not getattr(self, name):
                 raise ValueError(f"search.{name} is empty; give at least one choice")
         for family in self.families:
-            _check_literal("search", "families", family, LEARNED_KINDS)
+            _check_literal("search", "families", family, _resizer_kinds(learned=True))
         for name in ("lr", "resizer_lr"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"search.{name}={getattr(self, name)} must be [low, high] with 0 < low <= high")
         for arm in self.fixed_arms:
-            _check_literal("search", "fixed_arms", arm, FIXED_KINDS)
+            _check_literal("search", "fixed_arms", arm, _resizer_kinds(learned=False))
         if len(self.fixed_arms) + len(self.families) > self.num_samples:
             raise ValueError(
                 f"search.num_samples={self.num_samples} is fewer than the paired points: one per family "
@@ -470,7 +480,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         _check_positive("compare", "bootstrap", self.bootstrap)
         for arm in self.fixed_arms:
-            _check_literal("compare", "fixed_arms", arm, FIXED_KINDS)
+            _check_literal("compare", "fixed_arms", arm, _resizer_kinds(learned=False))
         if self.baseline not in self.fixed_arms:
             raise ValueError(
                 f"compare.baseline={self.baseline!r} must be one of compare.fixed_arms={list(self.fixed_arms)}"

@@ -477,6 +477,7 @@ def _rows_per_block(row_bytes: int, batch_size: int) -> int:
 
 
 MIN_SAMPLES_PER_READ_TASK = 500
+MIN_SAMPLES_TO_SPREAD = 100  # below this, another task's new worker costs more than it decodes
 
 
 def _backpressure_policies() -> list[type]:
@@ -498,14 +499,19 @@ def _backpressure_policies() -> list[type]:
 
 def num_read_tasks(num_shards: int, num_samples: int, cpus: int) -> int:
     """Read tasks per epoch: a task per tar when tars are large or CPUs many, else tars grouped so a
-    task reads at least `MIN_SAMPLES_PER_READ_TASK` samples, keeping two tasks per CPU.
+    task reads at least `MIN_SAMPLES_PER_READ_TASK` samples, keeping two tasks per CPU as long as
+    each reads at least `MIN_SAMPLES_TO_SPREAD`.
 
     Each task costs a fixed ~0.1 CPU-s to start: over 30 tars of 100 CUB-size images on 2 cores,
-    a task per tar left a quarter of the CPUs idle (docs/results.md#data-path). The CPU count is
-    the cluster's now; an autoscaling cluster that has none yet still gets a task per 500 samples.
+    a task per tar left a quarter of the CPUs idle (docs/results.md#data-path). A task running at
+    once with others also needs its own worker process, and a new one costs ~4.5 CPU-s to start
+    (importing torch): spreading a 30-image split over 4 tasks cost 18 CPU-s for 0.01 CPU-s of
+    decoding, so a small split stays in fewer tasks. The CPU count is the cluster's now; an
+    autoscaling cluster that has none yet still gets a task per 500 samples.
     """
     by_samples = math.ceil(num_samples / MIN_SAMPLES_PER_READ_TASK)
-    return max(1, min(num_shards, max(by_samples, 2 * cpus)))
+    spread = min(2 * cpus, math.ceil(num_samples / MIN_SAMPLES_TO_SPREAD))
+    return max(1, min(num_shards, max(by_samples, spread)))
 
 
 def exact_eval_data_config(train_name: str = "train") -> Any:

@@ -14,6 +14,10 @@ and the launcher asks it for the head size, the metric to keep the best checkpoi
 
 Evaluation collects a few numbers per sample on every rank (`eval_outputs`), gathers them, and
 computes the metrics once on the whole split (`eval_metrics`), so rank counts never bias them.
+
+Importing this module does not import torch (the methods that compute on tensors do): a task
+travels inside the data path's transform to Ray Data's read tasks and coordinators, and a
+process that only unpickles it should not pay ~2 CPU-s to load torch.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 NUM_SCORE_BINS = 10  # AVA votes for scores 1..10
 
@@ -89,6 +94,8 @@ def emd_loss(logits: torch.Tensor, target: torch.Tensor, r: float = 2.0) -> torc
     EMD_r(p, q) = (mean_k |CDF_p(k) - CDF_q(k)|^r)^(1/r), as in NIMA (Talebi & Milanfar 2018).
     The training loss is its r-th power for r=2 (the squared EMD), see `QualityTask.loss`.
     """
+    import torch
+
     cdf_diff = torch.cumsum(logits.float().softmax(-1), -1) - torch.cumsum(target.float(), -1)
     return cdf_diff.abs().pow(r).mean(-1).pow(1.0 / r)
 
@@ -96,9 +103,11 @@ def emd_loss(logits: torch.Tensor, target: torch.Tensor, r: float = 2.0) -> torc
 def mean_score(distribution: np.ndarray | torch.Tensor) -> Any:
     """Mean of a (B, 10) distribution over scores 1..10."""
     bins = np.arange(1, NUM_SCORE_BINS + 1, dtype=np.float32)
-    if isinstance(distribution, torch.Tensor):
-        return (distribution * torch.as_tensor(bins, device=distribution.device)).sum(-1)
-    return (distribution * bins).sum(-1)
+    if isinstance(distribution, np.ndarray):
+        return (distribution * bins).sum(-1)
+    import torch
+
+    return (distribution * torch.as_tensor(bins, device=distribution.device)).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,8 @@ class ClassificationTask:
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-sample loss (B,)."""
+        import torch.nn.functional as F
+
         # Rows flagged invalid (undecodable, a torn tar's tail) carry label -1; the loop masks their loss.
         return F.cross_entropy(logits.float(), batch["label"].clamp(min=0), reduction="none")
 

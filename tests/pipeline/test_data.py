@@ -1,6 +1,10 @@
 import io
 import json
+import pickle
+import subprocess
+import sys
 import tarfile
+from functools import partial
 
 import numpy as np
 import pytest
@@ -133,6 +137,19 @@ def test_small_tars_are_grouped_into_read_tasks_of_at_least_500_samples():
     assert num_read_tasks(6, 5994, cpus=2) == 6  # CUB's 1000-sample tars: one each
     assert num_read_tasks(1281, 1_281_167, cpus=0) == 1281  # an autoscaling cluster with no CPU node yet
     assert num_read_tasks(3, 40, cpus=0) == 1
+    # a small split is not spread thinner than 100 samples a task: each task at once is a new worker process
+    assert num_read_tasks(4, 30, cpus=8) == 1
+    assert num_read_tasks(20, 2000, cpus=8) == 16 and num_read_tasks(20, 1000, cpus=8) == 10
+
+
+def test_unpickling_the_read_transform_does_not_load_torch():
+    """Ray Data's coordinators and Train's dataset manager only unpickle the transform (its task and
+    options) and never decode: they must not pay for loading torch (~2 CPU-s and its memory each)."""
+    transform = partial(decode_batch, resize_size=None, crop_size=32, train=True, task=get_task("quality"), hflip=True)
+    check = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", check], input=pickle.dumps(transform), capture_output=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr.decode()[-2000:]
+    assert loaded.stdout.decode().strip() == "[]"
 
 
 def test_output_blocks_hold_whole_batches_within_64_mib():
