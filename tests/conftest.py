@@ -20,17 +20,22 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
-@pytest.fixture
-def ray_local():
+def start_local_ray():
     """The suite's one local Ray in this process, 8 logical CPUs (Train workers plus Data read tasks on a
     2-core machine): started by the first test that needs it and kept for the next ones, which skip its
     start-up and find idle workers that have already imported torch. A test that starts its own cluster
-    shuts it down first (tests/test_cluster.py); the next test that needs it starts it again."""
+    shuts it down first (`no_local_ray`); the next test that needs it starts it again."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=8, log_to_driver=True)
-    yield ray
+    return ray
+
+
+@pytest.fixture
+def ray_local():
+    """`start_local_ray()` for a test."""
+    yield start_local_ray()
 
 
 def _shutdown_ray() -> None:

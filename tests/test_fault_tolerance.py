@@ -263,9 +263,12 @@ def _kill_when(process: subprocess.Popen, line_prefix: str, timeout: float = 400
 
 
 def _rerun(args: list[str]) -> str:
-    process = _job(args)
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-4000:]
+    """The same command again, its `main(args)` in this process on the suite's local Ray (`run_job_here`)."""
+    from tests.jobs.conftest import run_job_here
+
+    result = run_job_here("cub_swinl.py", *args)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
     return output
 
 

@@ -1,4 +1,5 @@
-"""What the job tests share: running a job as a user does (a subprocess with its own local Ray), tiny settings."""
+"""What the job tests share: running a job as a user does (a subprocess with its own local Ray, or its
+`main(args)` in this process on the suite's local Ray), tiny settings."""
 
 import contextlib
 import importlib
@@ -10,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,12 +22,6 @@ TINY_RESNET = [
     "--set", "resizer.num_filters=8",
     "--set", "optim.epochs=2",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _own_ray(no_local_ray):
-    """Every job here starts its own local Ray, as a user's does: the suite's in-process one goes first."""
-    yield
 
 
 def run_job_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -50,6 +44,18 @@ def run_job_main(script: str, *args: str) -> tuple[int, str, str]:
         except SystemExit as exit_:  # argparse errors
             code = exit_.code
     return code, out.getvalue(), err.getvalue()
+
+
+def run_job_here(script: str, *args: str) -> subprocess.CompletedProcess:
+    """`main(args)` of a job in this process, on the suite's local Ray (`start_local_ray`, which the job
+    joins as it joins a cluster): the script's code path after its Ray start, without a new interpreter's
+    imports, Ray's start and stop, and cold Ray workers (about 12 s a run on 2 cores). A job that must
+    start its own Ray (or be killed) runs as a subprocess (`run_job_script`) after `no_local_ray`."""
+    from tests.conftest import start_local_ray
+
+    start_local_ray()
+    code, out, err = run_job_main(script, *args)
+    return subprocess.CompletedProcess([script, *args], code, out, err)
 
 
 def check_reported(history_file: Path, output: str, metrics: tuple[str, ...], epochs: int) -> list[dict]:

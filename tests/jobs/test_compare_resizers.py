@@ -1,11 +1,9 @@
-"""The comparison job as a user runs it: a subprocess, its own local Ray, arms x seeds through Tune, the report."""
+"""The comparison job as a user runs it: arms x seeds through Tune, the report (its `main(args)` on the suite's
+local Ray, `run_job_here`)."""
 
 import json
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +12,8 @@ from data_prep.demo_layouts import generate_ava_demo
 from data_prep.shards import ShardOptions
 from pipeline.tasks import QualityTask
 
-from tests.jobs.conftest import TINY_RESNET, run_job_main
+from tests.jobs.conftest import TINY_RESNET, run_job_here, run_job_main
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "--set", "model.img_size=16",
     "--set", 'model.backbone_kwargs={"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2}',
@@ -32,14 +29,6 @@ TINY = [
 ]
 
 
-def run_job(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "compare_resizers.py"), *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
-    )
-
-
 def test_print_config_has_five_arms_and_three_seeds_at_the_recipe_input_size():
     code, out, err = run_job_main("compare_resizers.py", "--print-config")
     assert code == 0, err
@@ -53,7 +42,7 @@ def test_print_config_has_five_arms_and_three_seeds_at_the_recipe_input_size():
 @pytest.mark.slow
 def test_two_arms_two_seeds_write_every_report_file(tiny_shards, tmp_path):
     mlflow = ["--set", f"run.mlflow={tmp_path / 'mlruns'}"]
-    result = run_job("--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp", *TINY, *mlflow)
+    result = run_job_here("compare_resizers.py", "--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp", *TINY, *mlflow)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     directory = tmp_path / "cmp"
@@ -90,7 +79,8 @@ def test_two_arms_two_seeds_write_every_report_file(tiny_shards, tmp_path):
     # --resume of a finished comparison: nothing is rerun, the report is written again
     results = {p: p.read_text() for p in directory.glob("trial_*/result.json")}
     (directory / "comparison.json").unlink()
-    resumed = run_job("--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp", *TINY, *mlflow, "--resume")
+    resumed = run_job_here("compare_resizers.py", "--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "cmp",
+                           *TINY, *mlflow, "--resume")
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-4000:]
     assert "resuming comparison 'cmp'" in output
@@ -99,10 +89,11 @@ def test_two_arms_two_seeds_write_every_report_file(tiny_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_ava_comparison_reads_shards_from_s3_and_writes_runs_and_report_there(s3, tmp_path, capsys):
+def test_ava_comparison_reads_shards_from_s3_and_writes_runs_and_report_there(s3, tmp_path, capsys, no_local_ray):
     """The AVA comparison with its shards and its storage in a bucket of a real S3 server (moto on 127.0.0.1):
     Ray Data reads the shards, every trial's Train run and Tune's experiment are written there, and the
-    report (and `python -m pipeline.compare` on the URI) goes beside them."""
+    report (and `python -m pipeline.compare` on the URI) goes beside them. The suite's local Ray starts again
+    after the server (`no_local_ray`), so its workers have the endpoint in their environment, as a cluster's nodes would."""
     from pipeline import compare
     from pipeline.checkpoint import latest_checkpoint_meta, load_weights
 
@@ -110,8 +101,8 @@ def test_ava_comparison_reads_shards_from_s3_and_writes_runs_and_report_there(s3
     shard_ava(src, str(tmp_path / "shards"), ShardOptions(shard_size=16, workers=1, verbose=False))
     fs, bucket = s3.fs, s3.bucket("ava")
     fs.put(str(tmp_path / "shards"), "ava/shards", recursive=True)
-    result = run_job(
-        "--recipe", "ava", "--demo", "--data", f"{bucket}/shards", "--storage", f"{bucket}/runs", "--name", "cmp",
+    result = run_job_here(
+        "compare_resizers.py", "--recipe", "ava", "--demo", "--data", f"{bucket}/shards", "--storage", f"{bucket}/runs", "--name", "cmp",
         *TINY_RESNET, "--set", "optim.epochs=1", "--set", "compare.learned=[]", "--set", "compare.muller=[2]",
         "--set", 'compare.fixed_arms=["bilinear"]', "--set", "compare.seeds=[0, 1]", "--set", "compare.max_concurrent=2",
         "--set", "compare.bootstrap=200",

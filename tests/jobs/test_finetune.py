@@ -18,7 +18,7 @@ from pipeline.config import apply_overrides
 from pipeline.runs import plan
 
 from tests.data_prep.test_folder import make_tree
-from tests.jobs.conftest import check_reported, run_job_main, run_job_script
+from tests.jobs.conftest import check_reported, run_job_here, run_job_main
 
 OPTIONS = ShardOptions(shard_size=8, workers=1, verbose=False)
 
@@ -89,7 +89,7 @@ def test_a_regression_trains_logs_to_mlflow_and_predicts_in_the_targets_units(tm
                            "--target-column", "price", "--quiet"]) == 0
     stats = json.loads((tmp_path / "shards" / "manifest.json").read_text())["target_stats"]
     mlruns = tmp_path / "mlruns"
-    result = run_job_script(
+    result = run_job_here(
         "finetune.py", "--demo", "--data", str(tmp_path / "shards"), "--storage", str(tmp_path), "--name", "prices",
         "--set", "optim.epochs=3", "--set", f"run.mlflow={mlruns}",
     )

@@ -38,7 +38,7 @@ def test_unknown_backbone_fails_before_anything_runs():
 
 
 @pytest.mark.slow
-def test_demo_trains_from_mirrored_weights_fetched_once_per_node_and_reports_top1_and_top5(tmp_path, monkeypatch):
+def test_demo_trains_from_mirrored_weights_fetched_once_per_node_and_reports_top1_and_top5(tmp_path, monkeypatch, no_local_ray):
     import timm
     import torch
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.jobs.conftest import run_job_here
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "--set", "model.img_size=16",
@@ -45,9 +47,10 @@ def trial_results(directory: Path) -> dict[str, list[dict]]:
 
 
 @pytest.mark.slow
-def test_asha_stops_trials_an_interrupted_search_resumes_and_the_report_is_written(tiny_shards, tmp_path):
-    """One search, as a user lives it: Ctrl-C once a trial has finished while others still train, then
-    --resume. ASHA cut at least one trial, finished trials were not rerun, every trial ended, the report."""
+def test_asha_stops_trials_an_interrupted_search_resumes_and_the_report_is_written(tiny_shards, tmp_path, no_local_ray):
+    """One search, as a user lives it: Ctrl-C once a trial has finished while others still train (the job
+    a subprocess with its own Ray), then --resume (in this process, on the suite's local Ray). ASHA cut at
+    least one trial, finished trials were not rerun, every trial ended, the report."""
     epochs, trials = 2, 5
     args = ["--demo", "--data", tiny_shards["path"], "--storage", str(tmp_path), "--name", "search", *TINY,
             "--set", f"search.num_samples={trials}", "--set", f"optim.epochs={epochs}"]
@@ -68,7 +71,7 @@ def test_asha_stops_trials_an_interrupted_search_resumes_and_the_report_is_writt
     before = trial_results(directory)
     assert len(before) < trials
 
-    resumed = subprocess.run(job(*args, "--resume"), capture_output=True, text=True, timeout=900, env=env(), cwd=REPO)
+    resumed = run_job_here("tune_cub_resizer.py", *args, "--resume")
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-4000:]
     assert "resuming search 'search'" in output
