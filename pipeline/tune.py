@@ -200,7 +200,12 @@ def max_concurrent_trials(cfg: JobConfig, resources: dict[str, float], use_gpu: 
         return limit
     if use_gpu:
         return max(1, int(resources.get("GPU", 0) // cfg.run.num_workers))
-    return max(1, int(resources.get("CPU", 0) // (reserved_cpus_per_trial(cfg) + cfg.data.num_cpus_per_read)))
+    return max(1, _cpu_trials_that_fit(cfg, resources.get("CPU", 0.0)))
+
+
+def _cpu_trials_that_fit(cfg: JobConfig, cpus: float) -> int:
+    """CPU trials that fit on `cpus` with one read task beside them (0 when not even one does)."""
+    return int(cpus // (reserved_cpus_per_trial(cfg) + cfg.data.num_cpus_per_read))
 
 
 def check_concurrency(cfg: JobConfig, resources: dict[str, float], use_gpu: bool, concurrency: int, *, field: str) -> None:
@@ -218,7 +223,7 @@ def check_concurrency(cfg: JobConfig, resources: dict[str, float], use_gpu: bool
     placed = min(concurrency, int(cpus // per_trial))
     left = cpus - placed * per_trial
     if placed and left < cfg.data.num_cpus_per_read:
-        fits = int(cpus // (per_trial + cfg.data.num_cpus_per_read))  # max_concurrent_trials without its floor of 1
+        fits = _cpu_trials_that_fit(cfg, cpus)
         fix = f"set {field} to {fits} or less (unset: derived from the cluster)" if fits else "give the cluster more CPUs"
         raise ValueError(
             f"{field}={concurrency}: {placed} trial(s) at once reserve {placed * per_trial:g} of the cluster's "

@@ -17,6 +17,7 @@ import pytest
 from tests.cluster import REPO, TINY_ARGS, LocalCluster, can_hide_paths, get_json, wait_for
 
 IDLE_TIMEOUT_S = 6
+JOB_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")  # a submitted job's terminal states
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -72,11 +73,11 @@ def _wait_for_job(cluster: LocalCluster, submission_id: str, timeout: float = 60
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = get_json(f"{cluster.dashboard}/api/jobs/{submission_id}")["status"]
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if status in JOB_ENDED:
             break
         time.sleep(2)
     logs = cluster.run("job", "logs", "--address", cluster.dashboard, submission_id, timeout=60).stdout
-    return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else "TIMEOUT", logs
+    return status if status in JOB_ENDED else "TIMEOUT", logs
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from pipeline.runs import plan as plan_run
 from pipeline.runs import write_run_config
 from pipeline.train import steps_per_epoch
 from tests.cluster import TINY_ARGS
+from tests.jobs.conftest import run_job_here
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ModelConfig(
@@ -232,7 +233,7 @@ def test_a_rerun_continues_only_the_same_run_and_says_when_it_is_finished(tiny_s
 
 
 # ---------------------------------------------------------------- 5. the driver dies mid-checkpoint; reruns resume
-# (last: its job starts its own Ray, so the suite's in-process one goes down first)
+# (last: its first run starts its own Ray, so the suite's in-process one goes down first; the reruns start it again)
 
 def _job(args: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
@@ -264,8 +265,6 @@ def _kill_when(process: subprocess.Popen, line_prefix: str, timeout: float = 400
 
 def _rerun(args: list[str]) -> str:
     """The same command again, its `main(args)` in this process on the suite's local Ray (`run_job_here`)."""
-    from tests.jobs.conftest import run_job_here
-
     result = run_job_here("cub_swinl.py", *args)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
