@@ -1,6 +1,6 @@
 """Benchmark 1: images/s our Ray Data pipeline delivers to one training worker, against its limits.
 
-Every variant runs the same work, `pipeline.data.decode_batch` (decode → resize → random crop → flip) over
+Every variant runs the same work, `pipeline.decode.decode_batch` (decode → resize → random crop → flip) over
 the same data_prep shards of demo images at CUB size (500x375), on the same cores:
 
 - ray: `pipeline.data.build_dataset` on a local Ray with as many CPUs as cores, iterated like a Train worker
@@ -45,7 +45,7 @@ def _transform_kwargs(resize_size: int, crop_size: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- the plain-loop limit
 
 def _decode_shard(job: tuple[str, int, int]) -> int:
-    from pipeline.data import decode_batch, iter_tar_samples
+    from pipeline.decode import decode_batch, iter_tar_samples
 
     url, resize_size, crop_size = job
     with open(url, "rb") as f:
@@ -68,7 +68,7 @@ def limit_rate(pool: Any, shards: Shards, resize_size: int, crop_size: int) -> f
 # ---------------------------------------------------------------- torch DataLoader baselines
 
 def _one_row(jpg: bytes, key: str, label: int, resize_size: int, crop_size: int) -> dict[str, Any]:
-    from pipeline.data import decode_batch
+    from pipeline.decode import decode_batch
 
     batch = {"key": np.asarray([key], dtype=object), "jpg": np.asarray([jpg], dtype=object),
              "label": np.asarray([label]), "meta": np.asarray(["{}"], dtype=object), "error": np.asarray([""], dtype=object)}
@@ -83,7 +83,7 @@ class TarShards(torch.utils.data.IterableDataset):
         self.urls, self.resize_size, self.crop_size = urls, resize_size, crop_size
 
     def __iter__(self):
-        from pipeline.data import iter_tar_samples
+        from pipeline.decode import iter_tar_samples
 
         info = torch.utils.data.get_worker_info()
         urls = self.urls[info.id :: info.num_workers] if info else self.urls

@@ -8,7 +8,7 @@ data_prep shards of demo images:
   target is at most half the source, so it is measured where that holds (1500 px → 256);
 - torchvision: `torchvision.io.decode_jpeg` (libjpeg-turbo) + `transforms.v2` resize: today's `decode_batch`;
 - pre-resized: the same, over shards written by `data_prep --max-side 1020` from 1500-px sources;
-- gpu (with a CUDA GPU): `data.decode=gpu`'s worker side, `pipeline.data.decode_on_device` on batches of 32
+- gpu (with a CUDA GPU): `data.decode=gpu`'s worker side, `pipeline.decode.decode_on_device` on batches of 32
   (nvJPEG + resize + crop), against the CPU path on one core: how many decode cores one GPU stands in for.
 
     python bench/bench_decode.py [--quick]
@@ -29,7 +29,7 @@ from bench.common import Row, best_of, make_shards, timed_rate  # noqa: E402
 
 
 def read_jpegs(urls: list[str]) -> list[bytes]:
-    from pipeline.data import iter_tar_samples
+    from pipeline.decode import iter_tar_samples
 
     out = []
     for url in urls:
@@ -53,7 +53,7 @@ def pil_transform(jpg: bytes, resize_size: int, crop_size: int, *, draft: bool =
 
 def ours_transform(jpg: bytes, resize_size: int, crop_size: int) -> np.ndarray:
     """What `pipeline.data.decode_batch` runs per image now."""
-    from pipeline.data import _decode, transform_image
+    from pipeline.decode import _decode, transform_image
 
     return transform_image(_decode(jpg), resize_size=resize_size, crop_size=crop_size, train=True, hflip=True,
                            rng=np.random.default_rng(0))
@@ -65,10 +65,10 @@ def gpu_decode_rate(
     """`data.decode=gpu` on the Train worker: the read task's `sample_crops` done beforehand, as in Ray Data."""
     import torch
 
-    from pipeline.data import _column, decode_on_device, sample_crops
+    from pipeline.decode import column, decode_on_device, sample_crops
 
-    rows = {"key": _column([str(i) for i in range(len(jpegs))]), "jpg": _column(jpegs),
-            "label": np.zeros(len(jpegs), np.int64), "meta": _column(["{}"] * len(jpegs)), "error": _column([""] * len(jpegs))}
+    rows = {"key": column([str(i) for i in range(len(jpegs))]), "jpg": column(jpegs),
+            "label": np.zeros(len(jpegs), np.int64), "meta": column(["{}"] * len(jpegs)), "error": column([""] * len(jpegs))}
     shipped = [sample_crops({name: column[start : start + batch_size] for name, column in rows.items()},
                             resize_size=resize_size, crop_size=crop_size, train=True, task=None, seed=0)
                for start in range(0, len(jpegs), batch_size)]

@@ -82,7 +82,7 @@ def _image_batches(paths: list[str], batch_size: int) -> Iterator[dict[str, np.n
 def _shard_batches(data_path: str, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     import fsspec
 
-    from pipeline.data import iter_tar_samples
+    from pipeline.decode import iter_tar_samples
     from pipeline.manifest import read_manifest, shard_urls
 
     rows: list[dict[str, Any]] = []
@@ -119,7 +119,7 @@ def predict(
     """
     from tqdm import tqdm
 
-    from pipeline.data import decode_batch
+    from pipeline.decode import decode_batch
 
     cfg, task = trained.cfg, trained.task
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -21,7 +21,7 @@ import torch
 
 from pipeline.checkpoint import load_weights
 from pipeline.config import JobConfig, ModelConfig, apply_overrides, from_dict
-from pipeline.data import iter_tar_samples, transform_image
+from pipeline.decode import iter_tar_samples, transform_image
 from pipeline.manifest import read_manifest, shard_urls
 from pipeline.model import ResizerModel, build_model
 from pipeline.resizer import LEARNED_KINDS, FixedResizer, resizer_kind

@@ -41,7 +41,7 @@ from pipeline.checkpoint import (
     write_stop,
 )
 from pipeline.config import JobConfig, OptimConfig, from_dict, to_dict
-from pipeline.data import decode_on_device
+from pipeline.decode import decode_on_device
 from pipeline.layout import TENSORBOARD_DIR, UNIVERSAL_POINTER, UNIVERSAL_TAG, checkpoint_dir_name, preemption_checkpoint_dir_name
 from pipeline.model import build_model, param_groups
 from pipeline.tasks import Task, get_task
