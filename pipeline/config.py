@@ -232,6 +232,8 @@ class OptimConfig:
         warmup_epochs: linear warm-up length.
         warmup_start_factor: warm-up starts at this fraction of the learning rate.
         min_lr_factor: cosine ends at this fraction of the learning rate.
+        fused: torch's fused AdamW kernel (one pass over each parameter group per step, on GPUs and CPUs);
+            False: the multi-tensor (foreach) kernels. The same update within float rounding.
     """
 
     lr: float = 5e-6
@@ -245,6 +247,7 @@ class OptimConfig:
     warmup_epochs: float = 5.0
     warmup_start_factor: float = 0.01
     min_lr_factor: float = 0.0
+    fused: bool = True
 
     def __post_init__(self) -> None:
         _check_positive("optim", "lr", self.lr)

@@ -172,14 +172,17 @@ RESUME_MAY_CHANGE = frozenset({
     "optim.epochs",
     "run.num_workers", "run.min_workers", "run.cpus_per_worker", "run.use_gpu", "run.autoscale", "run.max_failures", "run.preemption_check_every",
     "run.checkpoint_every", "run.checkpoint_upload", "run.log_every", "run.resume", "run.storage", "run.mlflow", "run.mlflow_experiment",
-    "data.num_cpus_per_read", "data.strict", "data.max_pixels",
+    "data.num_cpus_per_read", "data.strict", "data.max_pixels", "optim.fused",
 })
 
 
 def config_changes(saved: dict[str, Any], cfg: JobConfig) -> dict[str, tuple[Any, Any]]:
     """{"section.field": (saved value, new value)} for every field that differs, but the ones in
-    `RESUME_MAY_CHANGE`; local data paths compare as absolute paths."""
-    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    `RESUME_MAY_CHANGE`; local data paths compare as absolute paths. A field that `saved` lacks (a
+    run written before the field existed) counts as its default: a new field defaults to the old behaviour
+    or is one a rerun may change."""
+    old = _flatten(to_dict(JobConfig())) | _flatten(saved)
+    new = _flatten(to_dict(cfg))
     for flat in (old, new):
         if isinstance(flat.get("data.path"), str) and flat["data.path"] and not is_uri(flat["data.path"]):
             flat["data.path"] = os.path.abspath(flat["data.path"])

@@ -138,7 +138,7 @@ def deepspeed_config(cfg: JobConfig, world_size: int, *, load_universal: bool = 
             "loss_scale": 0,  # dynamic
             "initial_scale_power": ds.initial_scale_power,
         },
-        "zero_allow_untested_optimizer": True,  # torch's AdamW: DeepSpeed's fused Adam needs compiled ops
+        "zero_allow_untested_optimizer": True,  # torch's (fused) AdamW: DeepSpeed's fused Adam needs compiled ops
         "steps_per_print": 2**31 - 1,  # we print our own lines
         "wall_clock_breakdown": False,
         "checkpoint": {"load_universal": load_universal},
@@ -165,7 +165,7 @@ def setup_model_and_engine(
     # DeepSpeed casts parameters to bf16/fp16 but not buffers (Swin's attention masks): cast both here.
     model = model.to(TRAIN_DTYPES[cfg.deepspeed.precision])
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps
+        param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=cfg.optim.fused
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,

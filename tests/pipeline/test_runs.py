@@ -1,5 +1,6 @@
 """The plan of a run: what it checks on the driver before any worker (or GPU) is asked for."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,18 @@ def test_a_weights_file_is_checked_and_made_absolute_before_workers_start(tiny_s
     monkeypatch.chdir(tmp_path)  # a path relative to the driver: the workers run elsewhere
     run = plan(tiny(tiny_shards["path"], checkpoint_path="weights/r18.pth"), resources=CPUS)
     assert run.cfg.model.checkpoint_path == str(tmp_path / "weights" / "r18.pth")
+
+
+def test_a_job_json_written_before_a_field_existed_resumes_without_a_change_listed() -> None:
+    """A run started by an older version has no `optim.fused` in its job.json: a missing field is its default,
+    and switching the optimizer's kernel (the same update within rounding) may change on a rerun."""
+    from pipeline.config import OptimConfig, to_dict
+    from pipeline.runs import config_changes
+
+    cfg = tiny("/data/shards")
+    saved = to_dict(cfg)
+    del saved["optim"]["fused"]
+    assert config_changes(saved, cfg) == {}
+    assert config_changes(saved, dataclasses.replace(cfg, optim=OptimConfig(fused=False))) == {}
+    del saved["optim"]["lr"]  # a missing field is its default, not a wildcard
+    assert config_changes(saved, dataclasses.replace(cfg, optim=OptimConfig(lr=1e-3))) == {"optim.lr": (5e-6, 1e-3)}
