@@ -273,7 +273,8 @@ class DeepSpeedConfig:
     Attributes:
         zero_stage: ZeRO stage 0 (plain data parallel) to 3.
         precision: "bf16", "fp16" (dynamic loss scale) or "fp32". On CPU only fp32 and bf16 run.
-        offload_optimizer: keep optimizer states on the CPU (ZeRO 1-3).
+        offload_optimizer: keep ZeRO's fp32 partitions and Adam's state in CPU memory and step them there with torch's
+            AdamW (ZeRO 1-3); frees GPU memory for a larger batch at the cost of copies each step.
         initial_scale_power: fp16 dynamic loss scale starts at 2**this.
     """
 

@@ -126,6 +126,8 @@ def deepspeed_config(cfg: JobConfig, world_size: int, *, load_universal: bool = 
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    # With offload, DeepSpeed refuses a client optimizer unless told otherwise (it wants its compiled CPU Adam);
+    # torch's AdamW steps the CPU partitions (fused and vectorized with `optim.fused`).
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": accum,
@@ -139,6 +141,7 @@ def deepspeed_config(cfg: JobConfig, world_size: int, *, load_universal: bool = 
             "initial_scale_power": ds.initial_scale_power,
         },
         "zero_allow_untested_optimizer": True,  # torch's (fused) AdamW: DeepSpeed's fused Adam needs compiled ops
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,  # we print our own lines
         "wall_clock_breakdown": False,
         "checkpoint": {"load_universal": load_universal},

@@ -184,6 +184,18 @@ def test_the_fused_adamw_makes_the_multi_tensor_update_within_rounding(one_proce
     assert update > 0.1 and apart < 0.01 * update
 
 
+def test_an_offloaded_optimizer_steps_on_the_cpu_as_on_the_device(one_process_group):
+    """deepspeed.offload_optimizer keeps ZeRO's fp32 partitions and Adam's state in CPU memory and steps them with
+    torch's AdamW there (DeepSpeed refused a client optimizer with offload until told not to): the same weights
+    as without offload."""
+    cfg = _tiny_cfg(2, optim={"lr": 1e-2})
+    offloaded, before = _tiny_engine_steps(dataclasses.replace(cfg, deepspeed=dataclasses.replace(cfg.deepspeed, offload_optimizer=True)))
+    resident, _ = _tiny_engine_steps(cfg)
+    weight = offloaded.module.resizer.out_conv.weight.detach()
+    assert (weight - before).abs().max() > 1e-3
+    assert torch.allclose(weight, resident.module.resizer.out_conv.weight.detach(), atol=1e-6)
+
+
 def test_checkpoint_staging_folders_of_dead_workers_are_removed_by_the_next_save(tmp_path, monkeypatch):
     import subprocess
     import sys
