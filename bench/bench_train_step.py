@@ -10,7 +10,9 @@ random uint8 batches, side by side in one process.
 Prints a table and writes JSON (`--out`). `run()` (used by `python -m bench`) measures the CPU pairs in one
 process with their steps interleaved, compares the step-time ratio with the forward-FLOPs ratio
 (`torch.utils.flop_counter.FlopCounterMode`), and reports the GPU figures stored in
-`bench/results/train_step_h100.json` beside them.
+`bench/results/train_step_h100.json` beside them; it also times torch's AdamW kernels (fused against
+foreach, `optim.fused`) on the CPU, and reports the near-hardware GPU step stored by
+`bench/bench_peak_step.py` (`bench/results/train_step_peak*.json`).
 
 Target: the learned resizer's time overhead is no worse than its FLOPs overhead plus 10 points,
 (t_learned / t_bilinear - 1) <= (F_learned / F_bilinear - 1) + 0.10.
@@ -200,6 +202,7 @@ GPU_INTERLEAVED = Path(__file__).resolve().parent / "results" / "train_step_h100
 def run(*, quick: bool = False) -> dict[str, Any]:
     """CPU pairs measured now, interleaved; the FLOP rate of the resizer and the backbone alone; the stored
     GPU figures against Swin-L's FLOPs ratio."""
+    from bench.bench_peak_step import adamw_ms, count_params, stored_rows
     from bench.common import Row
 
     warmup, steps = (1, 2) if quick else (1, 5)
@@ -255,6 +258,16 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         print(f"resizer cost, {name}: {learned_ms:.0f} vs {bilinear_ms:.0f} ms = {learned_ms / bilinear_ms:.3f}x; "
               f"FLOPs ratio {flops_ratio:.3f}x")
         rows.append(overhead_row(name, learned_ms / bilinear_ms, flops_ratio, f"{learned_ms:.0f} vs {bilinear_ms:.0f} ms"))
+    num_params = 25_557_032 if quick else count_params(gpu_configs()[0])  # ResNet-50's count in a quick run
+    adamw = adamw_ms(num_params, torch.device("cpu"), repeats=3 if quick else 5)
+    figures["adamw_cpu_ms"] = {"num_params": num_params, **adamw}
+    print(f"AdamW over {num_params / 1e6:.0f} M fp32 parameters on the CPU: fused {adamw['fused']:.0f} ms, "
+          f"foreach {adamw['foreach']:.0f} ms")
+    rows.append(Row(f"3 optimizer step, AdamW over {num_params / 1e6:.0f} M fp32 parameters in 4 flat groups "
+                    f"({'ResNet-50' if quick else 'Swin-L + resizer'}), CPU", f"fused {adamw['fused']:.0f} ms",
+                    f"foreach {adamw['foreach']:.0f} ms", adamw["fused"] / adamw["foreach"], "fused faster (< 1x)",
+                    adamw["fused"] < adamw["foreach"]))
+    rows += stored_rows()
     return {"figures": figures, "rows": [r.to_dict() for r in rows]}
 
 
