@@ -135,6 +135,9 @@ def run(workdir: Path, *, quick: bool = False) -> dict[str, Any]:
     return {"figures": figures, "rows": [r.to_dict() for r in rows]}
 
 
+GPU_IMAGES = 256
+
+
 def gpu_row(jpegs: list[bytes], repeats: int, figures: dict[str, Any]) -> Row:
     """data.decode=gpu at the recipe's sizes against the CPU path per core; not measured without a GPU."""
     import torch
@@ -143,14 +146,26 @@ def gpu_row(jpegs: list[bytes], repeats: int, figures: dict[str, Any]) -> Row:
     if not torch.cuda.is_available():
         print("decode on the GPU: not measured (no CUDA GPU here)")
         return Row(setting, "not measured (no GPU)", "CPU path, one core", None, "report only", None)
+    jpegs = (jpegs * -(-GPU_IMAGES // len(jpegs)))[:GPU_IMAGES]  # 8 batches: a rate, not a launch
     gpu_decode_rate(jpegs, 1020, 768)()  # warm-up: CUDA context, nvJPEG handles
     rates = best_of(repeats, {"gpu": gpu_decode_rate(jpegs, 1020, 768),
                               "cpu": rate(lambda j: ours_transform(j, 1020, 768), jpegs)})
     name = torch.cuda.get_device_name(0)
-    figures["gpu_decode"] = {"device": name, **{k: round(v, 1) for k, v in rates.items()}}
+    figures["gpu_decode"] = {"device": name, "images": len(jpegs), **{k: round(v, 1) for k, v in rates.items()}}
     print(f"decode on the GPU ({name}): {rates['gpu']:.1f} img/s; CPU path {rates['cpu']:.1f} img/s per core")
     return Row(setting, f"{name} {rates['gpu']:.1f} img/s", f"CPU path {rates['cpu']:.1f} img/s per core",
                rates["gpu"] / rates["cpu"], "report only", None)
+
+
+def gpu_only(num_images: int = 60, repeats: int = 3) -> dict[str, Any]:
+    """The GPU row alone, over fresh CUB-size demo shards (`bench/device_check.sh decode`)."""
+    import tempfile
+
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_decode_") as tmp:
+        jpegs = read_jpegs(make_shards(Path(tmp), num_images=num_images, image_size=(500, 375)).urls)
+        row = gpu_row(jpegs, repeats, figures)
+    return {"row": row.to_dict(), **figures}
 
 
 if __name__ == "__main__":

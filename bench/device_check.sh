@@ -11,7 +11,7 @@
 #   parity    tests/pipeline/test_decode.py on the GPU: data.decode=gpu's pixels against the CPU path's
 #   step-off  bench/bench_peak_step.py, gradient checkpointing off: largest batch, eager sweep, compiled
 #   step-on   the same with gradient checkpointing on
-#   decode    bench/bench_decode.py: nvJPEG decode + resize + crop against the CPU path per core
+#   decode    bench/bench_decode.py's GPU row: nvJPEG decode + resize + crop against the CPU path per core
 set -uo pipefail
 CHECKS=${1:-parity,step-off,step-on,decode}
 OUT=${OUT:-/tmp/device_check}
@@ -47,7 +47,7 @@ for check in ${CHECKS//,/ }; do
     parity) run parity 120 python3 -m pytest --noconftest -q -p no:cacheprovider -o addopts= -rs tests/pipeline/test_decode.py ;;
     step-off) run step-off 330 python3 bench/bench_peak_step.py --checkpointing off --out "$OUT/train_step_peak_off.json" ;;
     step-on) run step-on 330 python3 bench/bench_peak_step.py --checkpointing on --out "$OUT/train_step_peak_on.json" ;;
-    decode) run decode 150 python3 bench/bench_decode.py --quick ;;
+    decode) run decode 150 python3 -c "import json; from bench.bench_decode import gpu_only; print(json.dumps(gpu_only(), indent=2))" ;;
     *) echo "device_check: unknown check '$check' (parity, step-off, step-on, decode)"; exit 2 ;;
   esac
 done
