@@ -118,12 +118,15 @@ def load_checkpoint(engine: Any, directory: str, *, universal: bool = False) -> 
         # every parameter group gets the first group's settings (weight decay on the no-decay groups, the
         # backbone's learning rate on the resizer): the groups are ours (`pipeline.model.param_groups`), their
         # learning rates the schedule's. And every group's Adam state shares one `step` tensor, which AdamW
-        # then advances once per group per step, skewing the bias correction: each gets its own again.
+        # then advances once per group per step, skewing the bias correction: each gets its own again, as the
+        # kernel wants it (the fused one: float32 on the parameter's device, as torch's own load_state_dict casts it).
         for group, setting, lr in zip(groups, settings, engine.lr_scheduler.get_last_lr()):
             group.update({**setting, "lr": lr})
-        for state in optimizer.state.values():
-            if isinstance(state.get("step"), torch.Tensor):
-                state["step"] = state["step"].clone()
+        fused = bool(optimizer.defaults.get("fused"))
+        for param, state in optimizer.state.items():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                state["step"] = step.to(param.device, torch.float32, copy=True) if fused else step.clone()
         _load_buffers(engine, os.path.join(directory, UNIVERSAL_TAG))
     return client_state
 
