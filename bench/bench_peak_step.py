@@ -275,12 +275,15 @@ def measure_setting(
         write(report, out)
     if largest is None:
         result["log"].append("no batch fitted")
+        step.close()
         return result
     result["forward_gflops_per_image"] = step.forward_flops() / 1e9
     sweep = sorted({b for b in SWEEP_BATCHES if b <= largest} | {largest}) if not smoke else [2, largest]
     result["eager"] = []
     for batch in sweep:
-        figures = step.timed(batch, warmup=1 if smoke else 2, steps=2 if smoke else 4)
+        figures = guarded(step.timed, batch, warmup=1 if smoke else 2, steps=2 if smoke else 4, log=result["log"])
+        if figures is None:
+            break  # the larger batches would not fit either
         figures["model_tflops"] = model_tflops(figures["images_per_second"], result["forward_gflops_per_image"] * 1e9)
         result["eager"].append(figures)
         print(f"{name} eager batch {batch}: {figures['step_ms']:.0f} ms, {figures['images_per_second']:.1f} img/s, "
@@ -289,14 +292,31 @@ def measure_setting(
     if compile_model:
         batch = power_of_two_at_most(largest)
         step.engine.compile()
-        figures = step.timed(batch, warmup=3, steps=2 if smoke else 8)  # the first steps compile forward and backward
-        figures["model_tflops"] = model_tflops(figures["images_per_second"], result["forward_gflops_per_image"] * 1e9)
-        result["compiled"] = figures
-        print(f"{name} compiled batch {batch}: {figures['step_ms']:.0f} ms, {figures['images_per_second']:.1f} img/s, "
-              f"{figures['model_tflops']:.0f} TFLOP/s (compiling and warm-up {figures['warmup_s']:.0f} s)", flush=True)
+        # the first steps compile forward and backward; a compiler error is logged, not fatal to the other setting
+        figures = guarded(step.timed, batch, warmup=3, steps=2 if smoke else 8, log=result["log"], any_error=True)
+        if figures is not None:
+            figures["model_tflops"] = model_tflops(figures["images_per_second"], result["forward_gflops_per_image"] * 1e9)
+            result["compiled"] = figures
+            print(f"{name} compiled batch {batch}: {figures['step_ms']:.0f} ms, {figures['images_per_second']:.1f} img/s, "
+                  f"{figures['model_tflops']:.0f} TFLOP/s (compiling and warm-up {figures['warmup_s']:.0f} s)", flush=True)
         write(report, out)
     step.close()
     return result
+
+
+def guarded(timed: Any, batch: int, *, warmup: int, steps: int, log: list[str], any_error: bool = False) -> dict[str, Any] | None:
+    """`timed(batch, ...)`, or None with the reason in `log` on an out-of-memory (or, with `any_error`, any error)."""
+    try:
+        return timed(batch, warmup=warmup, steps=steps)
+    except Exception as err:  # noqa: BLE001 - recorded in the JSON and printed; the run goes on
+        if not (any_error or is_oom(err)):
+            raise
+        reason = f"batch {batch}: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    log.append(reason)
+    print(reason, flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # after the except block: the traceback's tensors are released
+    return None
 
 
 def best(report: dict[str, Any]) -> dict[str, Any] | None:

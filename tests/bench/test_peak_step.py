@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.bench_peak_step import (
     NOT_MEASURED,
     TARGET_IMAGES_PER_SECOND,
+    guarded,
     largest_fitting_batch,
     main,
     model_tflops,
@@ -31,6 +33,24 @@ def test_the_largest_batch_comes_from_the_line_through_two_measured_peaks():
         largest_fitting_batch({8: 10.0, 16: 10.0}, 80.0)
     assert [power_of_two_at_most(n) for n in (1, 2, 135, 256, 600)] == [1, 2, 128, 256, 512]
     assert model_tflops(100.0, 200e9) == pytest.approx(60.0)  # 100 img/s x 3 x 200 GFLOP
+
+
+def test_an_out_of_memory_step_is_logged_and_skipped_and_other_errors_stop_the_run():
+    def timed(batch, *, warmup, steps):
+        if batch > 64:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {batch} GiB")
+        if batch == 3:
+            raise ValueError("a bug, not a batch too large")
+        return {"batch": batch}
+
+    log = []
+    assert guarded(timed, 32, warmup=1, steps=1, log=log) == {"batch": 32} and log == []
+    assert guarded(timed, 128, warmup=1, steps=1, log=log) is None
+    assert log == ["batch 128: OutOfMemoryError: CUDA out of memory. Tried to allocate 128 GiB"]
+    with pytest.raises(ValueError, match="a bug"):
+        guarded(timed, 3, warmup=1, steps=1, log=log)
+    assert guarded(timed, 3, warmup=1, steps=1, log=log, any_error=True) is None  # a compile error: logged
+    assert log[-1] == "batch 3: ValueError: a bug, not a batch too large"
 
 
 def test_without_a_gpu_it_says_so_in_one_line(tmp_path, capsys):
