@@ -162,7 +162,7 @@ def setup_model_and_engine(
 ) -> Any:
     """Model (see `build_model`), AdamW with no-decay groups, warm-up + cosine, wrapped by DeepSpeed
     (`load_universal`: for a resume from a universal checkpoint)."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     model = build_model(cfg.model, cfg.resizer, num_outputs, output_affine)
     # DeepSpeed casts parameters to bf16/fp16 but not buffers (Swin's attention masks): cast both here.
@@ -285,7 +285,27 @@ class StopRun(Exception):
     """Ends the run on every rank without a retry: a deterministic failure would only fail again."""
 
 
+def import_deepspeed() -> Any:
+    """`import deepspeed`, without the `import mlflow` that its autotuner tries (`deepspeed/autotuning/autotuner.py`,
+    a feature we do not use): with mlflow installed that import costs each Train worker 1.5-2 s and 1.5 CPU-s.
+    The autotuner takes the ImportError as "no mlflow"; our own MLflow logging imports mlflow later, normally."""
+    import sys
+
+    if "deepspeed" not in sys.modules and "mlflow" not in sys.modules:
+        sys.modules["mlflow"] = None  # type: ignore[assignment]  # any import of it raises ImportError
+        try:
+            import deepspeed
+        finally:
+            if "mlflow" in sys.modules and sys.modules["mlflow"] is None:
+                del sys.modules["mlflow"]
+        return deepspeed
+    import deepspeed
+
+    return deepspeed
+
+
 def _quiet_deepspeed() -> None:
+    import_deepspeed()
     from deepspeed.utils import logger as deepspeed_logger
 
     deepspeed_logger.setLevel(logging.WARNING)

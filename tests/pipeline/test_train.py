@@ -196,6 +196,23 @@ def test_an_offloaded_optimizer_steps_on_the_cpu_as_on_the_device(one_process_gr
     assert torch.allclose(weight, resident.module.resizer.out_conv.weight.detach(), atol=1e-6)
 
 
+def test_deepspeed_loads_without_importing_mlflow_and_mlflow_still_imports_after():
+    """Every Train worker imports DeepSpeed, whose autotuner tries `import mlflow` (1.5 CPU-s when it is installed,
+    as the `mlflow` extra installs it); the run's own MLflow logging must still import it afterwards."""
+    import subprocess
+    import sys
+
+    check = ("import sys\n"
+             "from pipeline.train import import_deepspeed\n"
+             "import_deepspeed()\n"
+             "loaded = 'mlflow' in sys.modules\n"
+             "import mlflow, deepspeed.autotuning.autotuner as tuner\n"
+             "print(loaded, mlflow.__name__, tuner.has_mlflow)")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["False", "mlflow", "False"]
+
+
 def test_checkpoint_staging_folders_of_dead_workers_are_removed_by_the_next_save(tmp_path, monkeypatch):
     import subprocess
     import sys
