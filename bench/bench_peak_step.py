@@ -108,6 +108,12 @@ def power_of_two_at_most(n: int) -> int:
 
 # ---------------------------------------------------------------- measurements
 
+def sync(device: torch.device) -> None:
+    """Waits for the device's queued work, so a host clock times it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 class Step:
     """One engine for a config and a step on random uint8 batches of any size."""
 
@@ -133,10 +139,6 @@ class Step:
         self.engine.step()
         return loss
 
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
     def timed(self, batch: int, *, warmup: int, steps: int) -> dict[str, float]:
         """Median step time over `steps` after `warmup`; img/s from it; the peak memory during them (GiB)."""
         if self.device.type == "cuda":
@@ -144,13 +146,13 @@ class Step:
         started = time.perf_counter()
         for _ in range(warmup):
             self(batch)
-        self.sync()
+        sync(self.device)
         warmup_s = time.perf_counter() - started
         seconds = []
         for _ in range(steps):
             begin = time.perf_counter()
             loss = self(batch)
-            self.sync()
+            sync(self.device)
             seconds.append(time.perf_counter() - begin)
         if not math.isfinite(float(loss.detach())):
             raise RuntimeError(f"non-finite loss at batch {batch}")
@@ -187,13 +189,11 @@ def matmul_tflops(device: torch.device, size: int = 8192, repeats: int = 10) -> 
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     started = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
 
 
@@ -210,12 +210,10 @@ def adamw_ms(num_params: int, device: torch.device, repeats: int = 10) -> dict[s
         optimizers[kind].step()  # state allocated
     for _ in range(repeats):
         for kind, optimizer in optimizers.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             begin = time.perf_counter()
             optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             times[kind].append(time.perf_counter() - begin)
     return {kind: sorted(t)[len(t) // 2] * 1000 for kind, t in times.items()}
 
