@@ -126,7 +126,8 @@ class ModelConfig:
             scaled-down Swin: `{"embed_dim": 32, "depths": [1, 1], ...}`).
         drop_path_rate: stochastic depth of the backbone; None keeps the backbone's own default (timm's
             Swin: 0.1, ResNet: 0), 0.0 turns it off.
-        grad_checkpointing: recompute backbone activations in backward to save memory.
+        grad_checkpointing: recompute the backbone's and a learned resizer's activations in backward instead of
+            keeping them (Swin-L + learned resizer at 768 → 384, bf16: 99 MiB per image instead of 627).
         channels_last: run convolutions on channels-last activations (resizer and backbone; weights stay
             contiguous, as DeepSpeed's parameter broadcast needs).
         compile: `torch.compile` the model (DeepSpeed's `engine.compile`, inductor): the first steps compile

@@ -7,13 +7,15 @@ The resizer therefore sees normalized pixels, as in the reference recipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import timm
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pipeline.config import ModelConfig, OptimConfig, ResizerConfig
 from pipeline.resizer import build_resizer
@@ -31,6 +33,9 @@ class ResizerModel(nn.Module):
         channels_last: run in channels-last memory format.
         output_affine: (shift, scale) applied in float32 to the head's output (regression: the training
             targets' mean and std, so outputs are in the target's units); None leaves logits as they are.
+
+    `set_grad_checkpointing()` recomputes the normalization and a learned resizer in backward
+    (the backbone has its own, timm's).
     """
 
     def __init__(
@@ -54,6 +59,20 @@ class ResizerModel(nn.Module):
         # Stored in 0-255 units so normalizing uint8 pixels is one fused multiply-add.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute resizer and backbone activations in backward instead of keeping them.
+
+        The resizer works at the input resolution: at 768 → 384 in bf16 it held 71 of the 170 MiB an image
+        costs with only Swin-L checkpointed; with both, 99 MiB, as with a bilinear resize
+        (docs/results.md#activation-memory). The price is a second forward of the resizer.
+        """
+        self.grad_checkpointing = enable
+        if hasattr(self.backbone, "set_grad_checkpointing"):
+            self.backbone.set_grad_checkpointing(enable)
+        elif enable:
+            raise ValueError(f"model.grad_checkpointing: backbone {type(self.backbone).__name__} has no set_grad_checkpointing")
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) → normalized float in the model's parameter dtype."""
@@ -65,6 +84,14 @@ class ResizerModel(nn.Module):
 
     def resize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) → the resizer's normalized output (B, 3, S, S)."""
+        if self.grad_checkpointing and torch.is_grad_enabled() and _trainable(self.resizer):
+            if torch.compiler.is_compiling():  # the compiled graph recomputes values only, never buffer updates
+                return checkpoint(self._normalize_and_resize, pixels, use_reentrant=False)
+            return checkpoint(self._normalize_and_resize, pixels, use_reentrant=False,
+                              context_fn=lambda: (contextlib.nullcontext(), _batch_norm_stats_kept(self.resizer)))
+        return self._normalize_and_resize(pixels)
+
+    def _normalize_and_resize(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.resizer(self.normalize(pixels))
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +105,27 @@ class ResizerModel(nn.Module):
             return out
         shift, scale = self.output_affine
         return out.float() * scale + shift
+
+
+def _trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+@contextlib.contextmanager
+def _batch_norm_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Batch norms normalize with the batch's statistics as before but leave their running statistics
+    alone: a checkpointed forward is run twice, and its recomputation must not count the batch again."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def create_backbone(cfg: ModelConfig, num_outputs: int) -> nn.Module:
@@ -187,8 +235,6 @@ def build_model(
     backbone = create_backbone(model_cfg, num_outputs)
     data_cfg = timm.data.resolve_model_data_config(backbone)
     size = backbone_input_size(backbone, model_cfg)
-    if model_cfg.grad_checkpointing:
-        backbone.set_grad_checkpointing(True)
     model = ResizerModel(
         build_resizer(resizer_cfg, (size, size)),
         backbone,
@@ -198,6 +244,8 @@ def build_model(
         channels_last=model_cfg.channels_last,
         output_affine=output_affine,
     )
+    if model_cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     # channels_last: the input is made channels-last (`normalize`) and convolutions keep that layout; the
     # weights stay contiguous, because DeepSpeed broadcasts parameters viewed as bytes, which needs it.
     return model

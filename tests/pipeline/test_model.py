@@ -113,6 +113,34 @@ def test_gradient_checkpointing_and_channels_last_give_the_same_logits():
     assert torch.allclose(plain(pixels), other(pixels), atol=1e-5)
 
 
+def test_gradient_checkpointing_recomputes_the_resizer_with_the_same_gradients_and_statistics():
+    """model.grad_checkpointing recomputes the learned resizer (at the input resolution, its activations
+    outweigh a checkpointed backbone's) as well as the backbone; the recomputation leaves the batch norms'
+    running statistics as one forward leaves them, instead of counting the batch twice."""
+    torch.manual_seed(0)
+    plain = build_model(TINY_SWIN, ResizerConfig(zero_init_last=False), num_outputs=4).train()
+    cfg = ModelConfig(**{**TINY_SWIN.__dict__, "grad_checkpointing": True})
+    checkpointed = build_model(cfg, ResizerConfig(zero_init_last=False), num_outputs=4).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.grad_checkpointing and not plain.grad_checkpointing
+    pixels = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    for model in (plain, checkpointed):
+        torch.nn.functional.cross_entropy(model(pixels), torch.tensor([0, 1, 3])).backward()
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    for (name, b), c in zip(plain.named_buffers(), checkpointed.buffers()):
+        assert torch.equal(b, c), name
+    assert int(checkpointed.resizer.head[4].num_batches_tracked) == 1
+    assert checkpointed.resizer.head[4].momentum == plain.resizer.head[4].momentum  # restored after backward
+    with torch.no_grad():  # evaluation and prediction: no recomputation
+        assert torch.equal(checkpointed.eval()(pixels), plain.eval()(pixels))
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        checkpointed.train().resize(pixels)
+    assert all(shape[1] == 3 for shape in saved)  # the pixels it recomputes from, none of the resizer's 16 channels
+
+
 @pytest.mark.slow
 def test_swin_large_with_resizer_runs_at_768_to_384():
     model = build_model(ModelConfig(pretrained=False), ResizerConfig(), num_outputs=200).eval()

@@ -89,3 +89,33 @@ def test_fixed_area_is_average_pooling():
 def test_fixed_resizer_rejects_learned():
     with pytest.raises(ValueError, match="resizer.kind='learned'"):
         FixedResizer((8, 8), "learned")
+
+
+def test_the_activations_work_in_place_and_keep_half_the_full_resolution_tensors():
+    """A convolution's backward needs its input, not its output, so the LeakyReLU after it may overwrite it:
+    the head keeps two n-channel tensors at the input resolution for backward, not four, and computes the
+    same values and gradients as out-of-place activations."""
+    torch.manual_seed(0)
+    resizer = LearnedResizer((16, 16), num_filters=8, zero_init_last=False)
+    out_of_place = LearnedResizer((16, 16), num_filters=8, zero_init_last=False)
+    out_of_place.load_state_dict(resizer.state_dict())
+    for m in out_of_place.modules():
+        if isinstance(m, torch.nn.LeakyReLU):
+            m.inplace = False
+    x = torch.randn(2, 3, 32, 32)
+    full_resolution = {}
+    for name, model in (("in place", resizer), ("out of place", out_of_place)):
+        storages = set()
+
+        def keep(t):
+            if t.shape[-2:] == (32, 32) and t.shape[1] == 8:
+                storages.add(t.untyped_storage().data_ptr())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            model(x).square().mean().backward()
+        full_resolution[name] = len(storages)
+    assert full_resolution == {"in place": 2, "out of place": 4}
+    for (name, p), q in zip(resizer.named_parameters(), out_of_place.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+    assert torch.equal(resizer(x), out_of_place(x))

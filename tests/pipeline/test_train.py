@@ -68,11 +68,14 @@ def test_deepspeed_config_is_derived_from_the_typed_config():
 @pytest.mark.ray
 # ZeRO-1 runs data.decode=gpu on the CPU: Ray Data ships JPEG bytes and crops, the workers decode them in
 # batches; the corrupt samples are found there, counted the same, and the eval crops are the CPU path's.
+# ZeRO-3 recomputes the model in backward (model.grad_checkpointing): the resizer's partitioned parameters are
+# gathered again for its second forward.
 @pytest.mark.parametrize("stage,precision,decode", [(1, "fp32", "gpu"), (2, "fp32", "cpu"), (3, "bf16", "cpu")])
 def test_two_workers_train_and_evaluate_under_zero(stage, precision, decode, tiny_shards, tmp_path, ray_local):
     cfg = tiny_job(tiny_shards["path"], str(tmp_path / "runs"), name=f"zero{stage}")
     cfg = JobConfig(**{**cfg.__dict__, "deepspeed": DeepSpeedConfig(zero_stage=stage, precision=precision),
-                       "data": dataclasses.replace(cfg.data, decode=decode)})
+                       "data": dataclasses.replace(cfg.data, decode=decode),
+                       "model": dataclasses.replace(cfg.model, grad_checkpointing=stage == 3)})
     result = launch(cfg)
     manifest = tiny_shards["manifest"]
     assert [r["epoch"] for r in result.history] == [1, 2]
@@ -194,6 +197,19 @@ def test_an_offloaded_optimizer_steps_on_the_cpu_as_on_the_device(one_process_gr
     weight = offloaded.module.resizer.out_conv.weight.detach()
     assert (weight - before).abs().max() > 1e-3
     assert torch.allclose(weight, resident.module.resizer.out_conv.weight.detach(), atol=1e-6)
+
+
+def test_gradient_checkpointing_takes_the_steps_it_takes_without(one_process_group):
+    """The resizer's recomputation in backward under DeepSpeed (ZeRO-2): the weights after two steps are those
+    without recomputation. ZeRO-3 with recomputation trains in test_two_workers_train_and_evaluate_under_zero
+    (in Ray workers: a ZeRO-3 engine replaces torch's F.linear for the rest of its process)."""
+    cfg = _tiny_cfg(2, optim={"lr": 1e-2})
+    recomputed, before = _tiny_engine_steps(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, grad_checkpointing=True)))
+    kept, _ = _tiny_engine_steps(cfg)
+    assert recomputed.module.grad_checkpointing and not kept.module.grad_checkpointing
+    assert (recomputed.module.resizer.out_conv.weight - before).abs().max() > 1e-3
+    for (name, p), q in zip(recomputed.module.resizer.named_parameters(), kept.module.resizer.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
 
 
 def test_deepspeed_loads_without_importing_mlflow_and_mlflow_still_imports_after():
