@@ -17,7 +17,7 @@ class Row:
     """One line of bench/results.md: a measured figure against its limit or baseline.
 
     Attributes:
-        benchmark: which benchmark (1-5) and setting.
+        benchmark: which benchmark (its number first, as in bench.run.BENCHMARKS) and setting.
         figure: what was measured, with its value and unit.
         baseline: the limit or baseline it is compared with, with its value.
         ratio: figure / baseline (the number the target is about); None when not measured.

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Row, machine  # noqa: E402
 
-BENCHMARKS = ("data_path", "decode", "train_step", "zero_memory", "asha", "resizers", "checkpoint")  # numbered 1-7
+BENCHMARKS = ("data_path", "decode", "train_step", "zero_memory", "asha", "resizers", "checkpoint",
+              "activation_memory")  # numbered 1-8
 NOT_MEASURED_ASHA = "not measured (run jobs/tune_cub_resizer.py --demo first)"
 
 
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "checkpoint":
                 from bench import bench_checkpoint
                 out = bench_checkpoint.run(workdir, quick=args.quick)
+            elif name == "activation_memory":
+                from bench import bench_activation_memory
+                out = bench_activation_memory.run(quick=args.quick)
             else:
                 out = asha(args.tune_report)
             results["benchmarks"][name] = out["figures"]
