@@ -7,8 +7,11 @@ of gradient checkpointing off and on:
 1. memory: the peak at two small batches (eager), fitted as a line, gives the largest batch that fits in
    `MEMORY_SHARE` of the GPU's memory; a real step at that batch checks it (a smaller one is tried on OOM);
 2. eager throughput over batches up to that largest one;
-3. compiled (`model.compile`: DeepSpeed's `engine.compile()`, inductor) at the largest power of two that fits,
-   with the seconds the first steps spent compiling.
+3. compiled (`model.compile`: DeepSpeed's `engine.compile()`, inductor) at the largest power of two that fits
+   (at most `COMPILED_BATCH_CAP`), with the seconds the first steps spent compiling.
+
+With `--deadline-s`, the eager sweep skips its largest batches when the compiled run would not fit before the
+deadline (checkpointing lets a batch of several hundred fit: each step takes seconds).
 
 Beside them: the GPU's bf16 matrix rate measured in the same run (8192³ products) and its datasheet peak, and
 AdamW over as many fp32 parameters as the model has, in ZeRO's flat groups: fused against foreach.
@@ -49,6 +52,8 @@ TARGET_IMAGES_PER_SECOND = 200.0
 MEMORY_SHARE = 0.92  # of the GPU's memory a batch may plan to use (the allocator's reserve and fragmentation)
 PROBE_BATCHES = (8, 16)
 SWEEP_BATCHES = (8, 32, 64, 128, 256, 512)
+COMPILED_BATCH_CAP = 256  # compiling at the largest power of two that fits, at most this: throughput has long flattened
+COMPILE_RESERVE_S = 150.0  # with --deadline-s: the eager sweep stops when less than this is left for the compiled run
 NUM_OUTPUTS = 200  # CUB's classes
 # Dense bf16 tensor-core peaks from the vendors' datasheets (SXM parts), TFLOP/s: a lead beside the measured rate.
 DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "B200": 2250.0}
@@ -257,9 +262,11 @@ def search_memory(cfg: JobConfig, device: torch.device, capacity_gib: float, log
 
 
 def measure_setting(
-    cfg: JobConfig, device: torch.device, *, smoke: bool, compile_model: bool, report: dict[str, Any], out: Path
+    cfg: JobConfig, device: torch.device, *, smoke: bool, compile_model: bool, report: dict[str, Any], out: Path,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
-    """Memory search, eager sweep and compiled run for one config; `report` is rewritten to `out` after each."""
+    """Memory search, eager sweep and compiled run for one config; `report` is rewritten to `out` after each.
+    `deadline` (time.monotonic()): the sweep's larger batches are skipped to leave the compiled run its time."""
     name = "checkpointing" if cfg.model.grad_checkpointing else "no_checkpointing"
     result: dict[str, Any] = {"grad_checkpointing": cfg.model.grad_checkpointing, "log": []}
     report["settings"][name] = result
@@ -279,6 +286,11 @@ def measure_setting(
     sweep = sorted({b for b in SWEEP_BATCHES if b <= largest} | {largest}) if not smoke else [2, largest]
     result["eager"] = []
     for batch in sweep:
+        reserve = COMPILE_RESERVE_S if compile_model else 0.0
+        if deadline is not None and time.monotonic() > deadline - reserve:
+            result["log"].append(f"eager sweep stopped before batch {batch}: {reserve:.0f} s kept for what follows")
+            print(result["log"][-1], flush=True)
+            break
         figures = guarded(step.timed, batch, warmup=1 if smoke else 2, steps=2 if smoke else 4, log=result["log"])
         if figures is None:
             break  # the larger batches would not fit either
@@ -288,7 +300,7 @@ def measure_setting(
               f"{figures['model_tflops']:.0f} TFLOP/s, peak {figures['peak_memory_gib'] or 0:.1f} GiB", flush=True)
         write(report, out)
     if compile_model:
-        batch = power_of_two_at_most(largest)
+        batch = min(power_of_two_at_most(largest), COMPILED_BATCH_CAP)
         step.engine.compile()
         # the first steps compile forward and backward; a compiler error is logged, not fatal to the other setting
         figures = guarded(step.timed, batch, warmup=3, steps=2 if smoke else 8, log=result["log"], any_error=True)
@@ -297,7 +309,7 @@ def measure_setting(
             result["compiled"] = figures
             print(f"{name} compiled batch {batch}: {figures['step_ms']:.0f} ms, {figures['images_per_second']:.1f} img/s, "
                   f"{figures['model_tflops']:.0f} TFLOP/s (compiling and warm-up {figures['warmup_s']:.0f} s)", flush=True)
-        write(report, out)
+    write(report, out)  # with what the sweep logged when it stopped
     step.close()
     return result
 
@@ -374,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpointing", choices=("off", "on", "both"), default="both")
     parser.add_argument("--no-compile", action="store_true", help="eager only")
     parser.add_argument("--smoke", action="store_true", help="a tiny ResNet on the CPU: the code path, not figures")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help=f"finish within this many seconds: the eager sweep leaves {COMPILE_RESERVE_S:.0f} s for the compiled run")
     args = parser.parse_args(argv)
+    deadline = None if args.deadline_s is None else time.monotonic() + args.deadline_s
 
     smoke = args.smoke
     if not smoke and not torch.cuda.is_available():
@@ -411,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     write(report, out)
     checkpointing = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
     for on in checkpointing:
-        measure_setting(build(on), device, smoke=smoke, compile_model=not args.no_compile and not smoke, report=report, out=out)
+        measure_setting(build(on), device, smoke=smoke, compile_model=not args.no_compile and not smoke, report=report, out=out,
+                        deadline=deadline)
     top = report["best"]
     if top is not None:
         peak = report["bf16_tflops"]["measured"]

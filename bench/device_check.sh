@@ -45,8 +45,8 @@ run() {  # name, seconds, command...
 for check in ${CHECKS//,/ }; do
   case $check in
     parity) run parity 120 python3 -m pytest --noconftest -q -p no:cacheprovider -o addopts= -rs tests/pipeline/test_decode.py ;;
-    step-off) run step-off 330 python3 bench/bench_peak_step.py --checkpointing off --out "$OUT/train_step_peak_off.json" ;;
-    step-on) run step-on 330 python3 bench/bench_peak_step.py --checkpointing on --out "$OUT/train_step_peak_on.json" ;;
+    step-off) run step-off 330 python3 bench/bench_peak_step.py --checkpointing off --deadline-s 290 --out "$OUT/train_step_peak_off.json" ;;
+    step-on) run step-on 330 python3 bench/bench_peak_step.py --checkpointing on --deadline-s 290 --out "$OUT/train_step_peak_on.json" ;;
     decode) run decode 150 python3 -c "import json; from bench.bench_decode import gpu_only; print(json.dumps(gpu_only(), indent=2))" ;;
     *) echo "device_check: unknown check '$check' (parity, step-off, step-on, decode)"; exit 2 ;;
   esac

@@ -85,3 +85,14 @@ def test_the_smoke_run_measures_every_phase_and_its_stored_row(tmp_path):
     assert step.ratio == pytest.approx(report["best"]["images_per_second"] / TARGET_IMAGES_PER_SECOND)
     assert step.met is (step.ratio >= 1) and f"batch {report['best']['batch']}" in step.figure
     assert optimizer.ratio == pytest.approx(report["adamw_ms"]["fused"] / report["adamw_ms"]["foreach"])
+
+
+def test_a_deadline_cuts_the_eager_sweep_short_and_says_where(tmp_path):
+    """device_check.sh gives each setting a few minutes; with checkpointing a batch of several hundred fits and
+    each of its steps takes seconds, so the sweep gives way before the compiled run loses its time."""
+    out = tmp_path / "peak.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_peak_step.py"), "--smoke", "--checkpointing", "off",
+                           "--deadline-s", "0", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    setting = json.loads(out.read_text())["settings"]["no_checkpointing"]
+    assert setting["eager"] == [] and setting["log"] == ["eager sweep stopped before batch 2: 0 s kept for what follows"]
