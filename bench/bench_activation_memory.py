@@ -77,7 +77,6 @@ def variants(model: Any) -> dict[str, Any]:
         def apply() -> None:
             model.resizer = resizer
             set_inplace(learned, inplace)
-            model.set_grad_checkpointing(False)
             model.backbone.set_grad_checkpointing(backbone)
             model.grad_checkpointing = whole  # the resizer's recomputation; the backbone's is set above
         return apply
