@@ -1,9 +1,10 @@
 """A ZeRO checkpoint resumes on another number of workers (an elastic run after losing or regaining a node).
 
 Real DeepSpeed on CPU, ranks as processes in a gloo group (what Ray Train sets up on its workers): for
-each ZeRO stage, 2 workers train and save; 1 worker resumes through the universal conversion and
-saves; 2 workers resume that. The next optimizer step after every resume gives the weights, Adam
-and loss of the uninterrupted run: samples per step are kept by scaling the accumulation.
+each ZeRO stage in fp32, and for the recipe's bf16 at stages 2 and 3, 2 workers train and save; 1 worker
+resumes through the universal conversion and saves; 2 workers resume that. The next optimizer step after
+every resume gives the weights, Adam and loss of the uninterrupted run: samples per step are kept by
+scaling the accumulation. (fp16 is not covered: DeepSpeed's CPU accelerator refuses it.)
 """
 
 import os
@@ -17,11 +18,12 @@ import torch.multiprocessing as mp
 from pipeline.config import DataConfig, DeepSpeedConfig, JobConfig, ModelConfig, OptimConfig, ResizerConfig, RunConfig
 from pipeline.train import accumulation, describe_accumulation
 
-STAGES = (1, 2, 3)
+# (ZeRO stage, precision): every stage in fp32; the recipe (ZeRO-2) and its ZeRO-3 variant in bf16
+CASES = ((1, "fp32"), (2, "fp32"), (3, "fp32"), (2, "bf16"), (3, "bf16"))
 BATCH = 2
 
 
-def job(stage: int) -> JobConfig:
+def job(stage: int, precision: str) -> JobConfig:
     """Run by 2 workers (run.num_workers), or elastically by 1."""
     return JobConfig(
         resizer=ResizerConfig(num_filters=4, zero_init_last=False),
@@ -31,7 +33,7 @@ def job(stage: int) -> JobConfig:
         ),
         data=DataConfig(resize_size=None, crop_size=32, batch_size=BATCH),
         optim=OptimConfig(lr=1e-2, resizer_lr=3e-3, weight_decay=0.05, epochs=4, warmup_epochs=0.0),
-        deepspeed=DeepSpeedConfig(zero_stage=stage, precision="fp32"),
+        deepspeed=DeepSpeedConfig(zero_stage=stage, precision=precision),
         run=RunConfig(num_workers=2, min_workers=1),
     )
 
@@ -85,9 +87,10 @@ def _rank(rank: int, world_size: int, port: int, phase: str, root: str) -> None:
     from pipeline.checkpoint import load_checkpoint, make_universal, needs_universal, save_checkpoint, write_meta
     from pipeline.train import setup_model_and_engine
 
-    for stage in STAGES:
-        cfg = job(stage)
-        source = Path(root) / f"stage{stage}" / SOURCE.get(phase, "")
+    for stage, precision in CASES:
+        cfg = job(stage, precision)
+        case = f"stage{stage}_{precision}"
+        source = Path(root) / case / SOURCE.get(phase, "")
         universal = phase != "save" and needs_universal(str(source), world_size)
         if universal and rank == 0:
             make_universal(str(source))
@@ -105,7 +108,7 @@ def _rank(rank: int, world_size: int, port: int, phase: str, root: str) -> None:
             client = load_checkpoint(engine, str(source), universal=universal)
             step = client["step"]
         # every phase saves what it has, for the next phase to resume on another worker count
-        target = Path(root) / f"stage{stage}" / phase
+        target = Path(root) / case / phase
         save_checkpoint(engine, str(target), client_state={"epoch": 1, "step": step, "best": 0.0}, weights_meta={})
         if rank == 0:
             write_meta(str(target), {"epoch": 1, "step": step, "world_size": world_size, "zero_stage": stage})
@@ -115,7 +118,7 @@ def _rank(rank: int, world_size: int, port: int, phase: str, root: str) -> None:
         if rank == 0:
             torch.save(
                 {"step": step, "lr": engine.get_lr()[0], "loss": loss, "loaded": loaded, "after": after, "universal": universal},
-                Path(root) / f"{phase}_{stage}.pt",
+                Path(root) / f"{phase}_{case}.pt",
             )
         torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -141,21 +144,24 @@ def test_zero_checkpoints_resume_on_fewer_and_more_workers_with_the_same_next_st
     _run("save", 2, tmp_path)
     _run("resume_on_1", 1, tmp_path)
     _run("resume_on_2", 2, tmp_path)
-    for stage in STAGES:
-        base, on_1, on_2 = (torch.load(tmp_path / f"{phase}_{stage}.pt") for phase in ("save", "resume_on_1", "resume_on_2"))
+    for stage, precision in CASES:
+        case = f"stage{stage}_{precision}"
+        base, on_1, on_2 = (torch.load(tmp_path / f"{phase}_{case}.pt") for phase in ("save", "resume_on_1", "resume_on_2"))
         assert on_1["universal"] and on_2["universal"]  # 2 -> 1 and 1 -> 2 went through the conversion
         assert base["step"] == on_1["step"] == on_2["step"] == 2
+        modules = {value.dtype for name, value in base["loaded"].items() if name.endswith(":module")}
+        assert modules == ({torch.bfloat16 if precision == "bf16" else torch.float32} if stage < 3 else set()), case
         for resumed in (on_1, on_2):
             # the resume restored every weight and buffer the uninterrupted run had ...
             for name, value in base["loaded"].items():
-                torch.testing.assert_close(resumed["loaded"][name], value, rtol=0, atol=0, msg=f"stage {stage} {name}")
+                torch.testing.assert_close(resumed["loaded"][name], value, rtol=0, atol=0, msg=f"{case} {name}")
             # ... and the next step sees the same loss and lands on the same weights (sums in another
             # order): Adam's moments, its step count and the schedule were restored too
-            assert resumed["loss"] == pytest.approx(base["loss"], rel=1e-5), stage
-            assert resumed["lr"] == pytest.approx(base["lr"]), stage
+            assert resumed["loss"] == pytest.approx(base["loss"], rel=1e-5), case
+            assert resumed["lr"] == pytest.approx(base["lr"]), case
             for name, value in base["after"].items():
                 if not name.endswith(":buffer"):  # batch-norm statistics see 1 or 2 micro-batches per worker
-                    torch.testing.assert_close(resumed["after"][name], value, rtol=1e-4, atol=1e-6, msg=f"stage {stage} {name}")
-    for stage in STAGES:  # converted once, beside the shards, for the resumes that follow
-        assert (tmp_path / f"stage{stage}" / "save" / "ds_universal").is_dir()
-        assert (tmp_path / f"stage{stage}" / "resume_on_1" / "ds_universal").is_dir()
+                    torch.testing.assert_close(resumed["after"][name], value, rtol=1e-4, atol=1e-6, msg=f"{case} {name}")
+    for stage, precision in CASES:  # converted once, beside the shards, for the resumes that follow
+        assert (tmp_path / f"stage{stage}_{precision}" / "save" / "ds_universal").is_dir()
+        assert (tmp_path / f"stage{stage}_{precision}" / "resume_on_1" / "ds_universal").is_dir()
