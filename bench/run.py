@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import Row, machine  # noqa: E402
 
 BENCHMARKS = ("data_path", "decode", "train_step", "zero_memory", "asha", "resizers", "checkpoint",
-              "activation_memory")  # numbered 1-8
+              "activation_memory", "elastic_resume")  # numbered 1-9
 NOT_MEASURED_ASHA = "not measured (run jobs/tune_cub_resizer.py --demo first)"
 
 
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "activation_memory":
                 from bench import bench_activation_memory
                 out = bench_activation_memory.run(quick=args.quick)
+            elif name == "elastic_resume":
+                from bench import bench_elastic_resume
+                out = bench_elastic_resume.run(workdir, quick=args.quick)
             else:
                 out = asha(args.tune_report)
             results["benchmarks"][name] = out["figures"]
