@@ -165,7 +165,10 @@ def _convert(directory: str, output: str) -> None:
     ds_to_universal(argparse.Namespace(
         input_folder=os.path.join(directory, DEEPSPEED_TAG),
         output_folder=output,
-        num_extract_workers=1,  # in this process: a pool costs more than the conversion at our sizes
+        # In this process. A pool forks this process (a Train worker holding torch's threads): forked from the
+        # process that had spawned the ranks it hung at Swin-L size; from a fresh one, 2 workers gained little
+        # (docs/results.md#resume-on-another-worker-count).
+        num_extract_workers=1,
         num_merge_workers=1,
         keep_temp_folder=False,
         strict=True,
