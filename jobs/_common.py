@@ -78,6 +78,13 @@ def resolve_config(cfg: C, args: argparse.Namespace) -> C:
     return apply_overrides(cfg, overrides + list(args.set))
 
 
+def demo_reference(args: argparse.Namespace, kind: str, references: dict[str, str]) -> str | None:
+    """The measured figure a demo run's final metric reads against (`references`, by resizer kind), for the
+    default demo only: `--demo` on other data (`--data`, `--set data.path=...`) has no measured reference."""
+    own_data = args.data or any(override.split("=", 1)[0].strip() == "data.path" for override in args.set)
+    return references.get(kind) if args.demo and not own_data else None
+
+
 def demo_cache() -> Path:
     """Where demo datasets are generated once: $LEARNED_RESIZER_CACHE or ~/.cache/learned-resizer."""
     return Path(os.environ.get(DEMO_CACHE_ENV, Path.home() / ".cache" / "learned-resizer"))

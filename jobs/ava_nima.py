@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted wo
 from jobs._common import (  # noqa: E402
     DEMO_RESNET_KWARGS,
     cli,
+    demo_reference,
     ensure_demo_shards,
     job_parser,
     paper_2x_sizes,
@@ -104,6 +105,13 @@ def demo_config(data_path: str) -> JobConfig:
     )
 
 
+# Measured on the default demo, seed 0 (docs/results.md, "ImageNet and AVA demos"): what a run's final SRCC reads against.
+DEMO_REFERENCE = {
+    "learned": "bilinear on this demo ended at SRCC -0.104 (chance 0; one run): what the learned resizer adds",
+    "bilinear": "the learned resizer on this demo ended at SRCC 0.925-0.926 (two runs)",
+}
+
+
 def demo_data() -> str:
     """The AVA-layout demo shards (generated once into the demo cache)."""
     return ensure_demo_shards("ava", image_size=DEMO_IMAGE_SIZE)
@@ -122,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = demo_config(args.data or demo_data())
     else:
         cfg = config(args.backbone)  # an unknown --backbone: `error: ...`, exit code 2 (cli)
-    return run_job(resolve_config(cfg, args), demo=args.demo, print_config=args.print_config, verbose=args.verbose)
+    cfg = resolve_config(cfg, args)
+    reference = demo_reference(args, cfg.resizer.kind, DEMO_REFERENCE)
+    return run_job(cfg, demo=args.demo, print_config=args.print_config, verbose=args.verbose, reference=reference)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir wins
 
-from jobs._common import DEMO_CLASS_HFLIP, cli, ensure_demo_shards, job_parser, resolve_config, run_job  # noqa: E402
+from jobs._common import (  # noqa: E402
+    DEMO_CLASS_HFLIP,
+    cli,
+    demo_reference,
+    ensure_demo_shards,
+    job_parser,
+    resolve_config,
+    run_job,
+)
 from pipeline.config import (  # noqa: E402
     DataConfig,
     DeepSpeedConfig,
@@ -109,7 +117,7 @@ def demo_data() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__).parse_args(argv)
     cfg = resolve_config(demo_config(args.data or demo_data()) if args.demo else config(), args)
-    reference = DEMO_REFERENCE.get(cfg.resizer.kind) if args.demo else None
+    reference = demo_reference(args, cfg.resizer.kind, DEMO_REFERENCE)
     return run_job(cfg, demo=args.demo, print_config=args.print_config, verbose=args.verbose, reference=reference)
 
 

@@ -54,3 +54,20 @@ def test_missing_data_fails_fast_with_the_fix(tmp_path):
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "python -m data_prep" in result.stderr
     assert "Started a local Ray instance" not in result.stdout + result.stderr  # said before Ray starts
+
+
+def test_a_demo_reads_its_result_against_a_measured_reference_only_on_its_own_data():
+    """The default demo's final metric is printed next to the other resizer's measured figure; `--demo` on other
+    data has no such figure, so it prints none."""
+    from jobs import ava_nima, cub_swinl, imagenet_resnet50
+    from jobs._common import demo_reference, job_parser
+
+    parse = job_parser("demo").parse_args
+    for job in (cub_swinl, imagenet_resnet50, ava_nima):
+        references = job.DEMO_REFERENCE
+        assert demo_reference(parse(["--demo"]), "learned", references).startswith("bilinear on this demo ended at")
+        assert demo_reference(parse(["--demo"]), "bilinear", references).startswith("the learned resizer on this demo")
+        assert demo_reference(parse(["--demo"]), "muller", references) is None  # not measured
+        assert demo_reference(parse(["--demo", "--data", "shards/mine"]), "learned", references) is None
+        assert demo_reference(parse(["--demo", "--set", "data.path=shards/mine"]), "learned", references) is None
+        assert demo_reference(parse([]), "learned", references) is None

@@ -60,6 +60,7 @@ def test_demo_trains_from_mirrored_weights_fetched_once_per_node_and_reports_top
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert downloads == ["/resnet50_tiny.pth"]  # two Train workers on one node, one download
+    assert "final top1" in result.stdout and "on this demo ended at" not in result.stdout  # not the default demo's data
     records = check_reported(tmp_path / "imagenet" / "history.jsonl", output, ClassificationTask.metric_names, epochs=2)
     assert all(r["num_eval_samples"] == 30 for r in records)  # the whole flat val/ folder, once
     assert all(r["top1"] <= r["top5"] == 1.0 for r in records)  # 3 classes: the top 5 always hold the label
