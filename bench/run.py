@@ -38,8 +38,10 @@ def asha(tune_report: str | None) -> dict[str, Any]:
     report = json.loads(Path(tune_report).read_text())
     run, full = int(report["trial_epochs_run"]), int(report["trial_epochs_full"])
     saved = 1 - run / full
-    print(f"ASHA: {run} of {full} trial-epochs run ({saved:.0%} saved); best top-1 {report.get('best_top1')}")
-    row = Row("5 ASHA saved compute", f"{run} trial-epochs run (best top-1 {report.get('best_top1')})",
+    best = report.get("best_top1")
+    best = f"{best:.3f}" if isinstance(best, (int, float)) else best
+    print(f"ASHA: {run} of {full} trial-epochs run ({saved:.0%} saved); best top-1 {best}")
+    row = Row("5 ASHA saved compute", f"{run} trial-epochs run (best top-1 {best})",
               f"{full} trial-epochs without early stopping", run / full, "report only", None)
     return {"figures": {"report": tune_report, **report, "saved_fraction": saved}, "rows": [row.to_dict()]}
 
