@@ -165,9 +165,9 @@ def _convert(directory: str, output: str) -> None:
     ds_to_universal(argparse.Namespace(
         input_folder=os.path.join(directory, DEEPSPEED_TAG),
         output_folder=output,
-        # In this process. A pool forks this process (a Train worker holding torch's threads): forked from the
-        # process that had spawned the ranks it hung at Swin-L size; from a fresh one, 2 workers gained little
-        # (docs/results.md#resume-on-another-worker-count).
+        # In this process: a pool would fork it (a Train worker, holding torch's threads). Forked from a process
+        # that had spawned ranks, a pool hung at Swin-L size; from a fresh process, 2 workers took 16.7 s against
+        # 13-19 s in-process (docs/results.md#resume-on-another-worker-count).
         num_extract_workers=1,
         num_merge_workers=1,
         keep_temp_folder=False,
