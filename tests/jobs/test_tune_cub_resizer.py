@@ -98,8 +98,7 @@ def test_asha_stops_trials_an_interrupted_search_resumes_and_the_report_is_writt
     assert summary["best_config"]["resizer.kind"] in ("learned", "muller", "bilinear")
     assert (directory / "report.html").is_file() and (directory / "curves.png").is_file()
     # the families: the paired first trials are the CNN, MULLER and bilinear; the rest pick a learned family
-    params = [json.loads(p.read_text()) for p in sorted(directory.glob("trial_*/params.json"))]
-    kinds = sorted(p["resizer.kind"] for p in params)
+    kinds = sorted(p["resizer.kind"] for p in params_of.values())
     assert kinds.count("bilinear") == 1 and kinds.count("learned") >= 1 and kinds.count("muller") >= 1
     assert kinds.count("learned") + kinds.count("muller") == trials - 1
     assert "ASHA:" in output and "trial-epochs run" in output
